@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (set up, then run the main job) and `make test` (set up, then run the suite).
+# Both are safe to run again: set-up only redoes what is missing or out of date.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mmodal-installed
+DEMO_DATA ?= data/shapes-demo
+
+.PHONY: setup system demo test lint
+
+setup: system $(STAMP)
+
+system:
+	@bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/mmodal data shapes --out $(DEMO_DATA) --n 500 --seed 0 --split test --speech
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,1 @@
+"""The Gradio web UI and HTTP API over mmodal and indexes."""

@@ -1,0 +1,1 @@
+"""Image, language and audio towers with their preprocessing."""
