@@ -36,6 +36,50 @@ def _data_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import fields, replace
+    from pathlib import Path
+
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.loop import train
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = replace(config, **overrides)
+    folder = train(config, resume=args.resume, for_steps=args.for_steps)
+    if folder is None:
+        print(f"checkpoint saved in {Path(config.out).resolve()}; run again with --resume to continue")
+    else:
+        print(f"model written to {folder.resolve()}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mmodal.data.dataset import read_dataset
+    from mmodal.evaluate import evaluate, format_report
+    from mmodal.model import MModalModel
+    from mmodal.shapes.generate import generate_shapes
+
+    data = Path(args.data) if args.data else Path("data") / f"shapes-test-n{args.n}-seed{args.seed}"
+    if not (data / "dataset.json").is_file():
+        if args.data:
+            raise FileNotFoundError(f"{data} holds no dataset; leave out --data to generate a test split")
+        generate_shapes(data, n=args.n, seed=args.seed, split="test", with_speech=True)
+    dataset = read_dataset(data)
+    report = {}
+    for name in args.model:
+        model = MModalModel.from_pretrained(name)
+        report[name] = evaluate(model, dataset)
+    if args.json:
+        print(json.dumps(report if len(report) > 1 else report[args.model[0]], indent=2))
+    else:
+        print(format_report(report))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -67,6 +111,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shapes.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     shapes.set_defaults(handler=_data_shapes)
+
+    train = commands.add_parser("train", help="train a model on the Shapes world (resumable)")
+    train.add_argument("--config", help="JSON file of training settings (mmodal.training.config.TrainConfig)")
+    train.add_argument("--out", help="run folder (checkpoints and the final model in OUT/model)")
+    train.add_argument("--data", help="training split folder; generated when missing")
+    train.add_argument(
+        "--n-images", dest="n_images", type=_positive_int, help="images to generate when --data is missing"
+    )
+    train.add_argument("--steps", type=_positive_int)
+    train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--recipe", choices=("full", "clip"), help="full (default) or the plain-InfoNCE CLIP baseline")
+    train.add_argument("--model", choices=("default", "tiny"), help="model size")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.add_argument(
+        "--for-steps",
+        dest="for_steps",
+        type=_positive_int,
+        help="stop after this many steps at a checkpoint (continue later with --resume)",
+    )
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="score models on a Shapes test split (P@10, mAP, foils, speech)")
+    evaluate.add_argument("--model", nargs="+", required=True, help="model folder(s); several are scored side by side")
+    evaluate.add_argument("--data", help="test split folder (default: generate one with --n and --seed)")
+    evaluate.add_argument("--n", type=_positive_int, default=1000, help="images in a generated test split")
+    evaluate.add_argument("--seed", type=int, default=4242, help="seed of a generated test split (not a training seed)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(handler=_eval)
     return parser
 
 

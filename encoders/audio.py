@@ -1,0 +1,121 @@
+"""The audio tower: waveform → log-mel spectrogram (torchaudio) → convolutional patches → transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from torch import nn
+
+from encoders.errors import TowerInputError
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class AudioEncoderConfig:
+    """Log-mel front end and a small transformer over time patches."""
+
+    n_mels: int = 64
+    n_fft: int = 400  # 25 ms windows
+    hop_length: int = 160  # 10 ms hops
+    max_seconds: float = 8.0  # longer audio is refused
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.max_seconds * SAMPLE_RATE) // self.hop_length + 1
+
+    @property
+    def max_tokens(self) -> int:
+        return (self.max_frames + 3) // 4 + 1
+
+
+def preprocess_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: float) -> torch.Tensor:
+    """Any (T,) or (channels, T) waveform → 16 kHz mono float32 (T',), checked for emptiness and length."""
+    if not torch.is_tensor(waveform):
+        waveform = torch.as_tensor(waveform)
+    waveform = waveform.float()
+    if waveform.ndim == 2:
+        # soundfile gives (T, channels), torchaudio (channels, T): channels are the short side.
+        waveform = waveform.mean(dim=0 if waveform.shape[0] <= waveform.shape[1] else 1)
+    if waveform.ndim != 1:
+        raise TowerInputError(f"audio must be a mono or multi-channel waveform, got shape {tuple(waveform.shape)}")
+    if waveform.numel() == 0:
+        raise TowerInputError("empty audio: nothing to encode")
+    if sample_rate <= 0:
+        raise TowerInputError(f"sample rate must be positive, got {sample_rate}")
+    if sample_rate != SAMPLE_RATE:
+        waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
+    seconds = waveform.numel() / SAMPLE_RATE
+    if seconds > max_seconds:
+        raise TowerInputError(f"audio is {seconds:.1f} s long; spoken queries may last at most {max_seconds:.0f} s")
+    if not torch.isfinite(waveform).all():
+        raise TowerInputError("audio holds NaN or infinite samples")
+    return waveform
+
+
+class AudioEncoder(nn.Module):
+    """Encodes a batch of 16 kHz waveforms into time tokens (B, T', width) with a padding mask."""
+
+    def __init__(self, config: AudioEncoderConfig):
+        super().__init__()
+        self.config = config
+        # Derived from the config, so not saved with the weights.
+        self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
+        filterbank = torchaudio.functional.melscale_fbanks(
+            n_freqs=config.n_fft // 2 + 1,
+            f_min=0.0,
+            f_max=SAMPLE_RATE / 2,
+            n_mels=config.n_mels,
+            sample_rate=SAMPLE_RATE,
+        )
+        self.register_buffer("filterbank", filterbank, persistent=False)  # (F, M)
+        self.stem = nn.Sequential(
+            nn.Conv1d(config.n_mels, config.width, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv1d(config.width, config.width, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+        )
+        self.positions = nn.Parameter(torch.zeros(1, config.max_tokens, config.width))
+        nn.init.normal_(self.positions, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            config.width, config.num_heads, 4 * config.width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.width)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveforms (B, T) zero-padded, lengths (B,) in samples → tokens (B, T', C), mask (B, T') of real tokens."""
+        if waveforms.ndim != 2 or waveforms.shape[0] == 0:
+            raise TowerInputError(f"audio tower expects a (B, T) batch of waveforms, got {tuple(waveforms.shape)}")
+        if (lengths <= 0).any():
+            raise TowerInputError("empty audio in the batch: every clip needs at least one sample")
+        with torch.autocast(waveforms.device.type, enabled=False):
+            spectrum = (
+                torch.stft(
+                    waveforms.float(),
+                    self.config.n_fft,
+                    self.config.hop_length,
+                    window=self.window,
+                    return_complex=True,
+                ).abs()
+                ** 2
+            )  # (B, F, frames)
+            mel = torch.einsum("bft,fm->bmt", spectrum, self.filterbank)  # (B, M, frames)
+        # Whisper's scaling: 80 dB of dynamic range below each clip's peak, mapped near [-1, 1].
+        log_mel = torch.log10(mel.clamp_min(1e-10))
+        log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        log_mel = (log_mel + 4.0) / 4.0
+        x = self.stem(log_mel).transpose(1, 2)  # (B, T', C)
+        n = x.shape[1]
+        if n > self.positions.shape[1]:
+            raise TowerInputError(f"audio longer than the tower's {self.config.max_seconds:.0f} s limit")
+        frames = lengths // self.config.hop_length + 1
+        token_lengths = ((frames + 1) // 2 + 1) // 2
+        mask = torch.arange(n, device=x.device)[None, :] < token_lengths[:, None]  # (B, T')
+        x = self.transformer(x + self.positions[:, :n], src_key_padding_mask=~mask)
+        return self.norm(x), mask

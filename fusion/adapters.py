@@ -1,0 +1,48 @@
+"""Adapters from each tower into the shared space (late fusion): pooling, projection, normalisation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttentionPool(nn.Module):
+    """Pools a token sequence into one vector with a learned query (masked tokens are ignored)."""
+
+    def __init__(self, dim: int, num_heads: int = 4):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.query, std=0.02)
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T, C), mask (B, T) of real tokens → (B, C)."""
+        query = self.query.expand(tokens.shape[0], -1, -1)
+        padding = ~mask.bool() if mask is not None else None
+        pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=padding, need_weights=False)
+        return self.norm(pooled[:, 0] + masked_mean(tokens, mask))
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over real tokens: (B, T, C), (B, T) → (B, C)."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class Adapter(nn.Module):
+    """Pooled tower features → the shared embedding space, through a residual MLP adapter."""
+
+    def __init__(self, in_dim: int, embed_dim: int, num_heads: int = 4):
+        super().__init__()
+        self.pool = AttentionPool(in_dim, num_heads)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, 2 * in_dim), nn.GELU(), nn.Linear(2 * in_dim, in_dim))
+        self.project = nn.Linear(in_dim, embed_dim, bias=False)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+        pooled = self.pool(tokens, mask)  # (B, C)
+        embedding = self.project(pooled + self.mlp(pooled))  # (B, D)
+        return F.normalize(embedding, dim=-1) if normalize else embedding

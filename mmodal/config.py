@@ -1,0 +1,98 @@
+"""Model configuration: one dataclass holding each tower's and the fusion's config, saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from encoders.audio import AudioEncoderConfig
+from encoders.image import ImageEncoderConfig
+from fusion.early import FusionConfig
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TextConfig:
+    """The language core's size (see ``encoders.language.MoEConfig`` for each field's meaning)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    n_shared_experts: int = 1
+    n_routed_experts: int = 4
+    experts_per_token: int = 2
+    expert_hidden_size: int = 192
+    max_position_embeddings: int = 96
+    aux_loss_coef: float = 0.01
+    max_text_tokens: int = 32  # longer texts are cut to this many tokens (the core also takes a prefix)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an :class:`mmodal.model.MModalModel` before loading its weights."""
+
+    name: str = "shapes"
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Builds a config from its JSON form, rejecting unknown fields with a clear message."""
+        parts = {"image": ImageEncoderConfig, "text": TextConfig, "audio": AudioEncoderConfig, "fusion": FusionConfig}
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown model config field(s) {sorted(unknown)}; expected {[f.name for f in fields(cls)]}"
+            )
+        kwargs: dict[str, Any] = {"name": data.get("name", "shapes")}
+        for key, part in parts.items():
+            values = dict(data.get(key, {}))
+            allowed = {f.name for f in fields(part)}
+            if set(values) - allowed:
+                raise ValueError(
+                    f"unknown {key} config field(s) {sorted(set(values) - allowed)}; expected {sorted(allowed)}"
+                )
+            kwargs[key] = part(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**kwargs)
+
+    def save(self, folder: str | Path) -> None:
+        from mmodal.fileio import write_json
+
+        write_json(Path(folder) / CONFIG_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelConfig:
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: a model folder holds {CONFIG_FILE} and model.safetensors")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def tiny_config() -> ModelConfig:
+    """A tiny model for tests: every part at its smallest sensible size."""
+    return ModelConfig(
+        name="tiny",
+        image=ImageEncoderConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4
+        ),
+        text=TextConfig(
+            vocab_size=300,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            expert_hidden_size=32,
+            max_position_embeddings=48,
+            max_text_tokens=24,
+        ),
+        audio=AudioEncoderConfig(n_mels=32, width=32, num_layers=1, num_heads=2, max_seconds=4.0),
+        fusion=FusionConfig(embed_dim=32, width=32, num_layers=1, num_heads=2),
+    )

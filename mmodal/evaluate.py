@@ -1,0 +1,197 @@
+"""Evaluation on a Shapes test split: search P@10 and mAP per query kind, foil accuracy, speech, MoE health."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import soundfile
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from mmodal.data.dataset import Dataset
+from mmodal.model import MModalModel
+
+log = logging.getLogger(__name__)
+
+RERANK_TOP = 50
+
+
+def precision_at_10(ranking: np.ndarray, relevant: set[int]) -> float:
+    """Relevant images in the top 10 over min(10, number relevant), as the spec defines it."""
+    hits = sum(int(i) in relevant for i in ranking[:10])
+    return hits / min(10, len(relevant))
+
+
+def average_precision(ranking: np.ndarray, relevant: set[int]) -> float:
+    hits, total = 0, 0.0
+    for rank, index in enumerate(ranking, start=1):
+        if int(index) in relevant:
+            hits += 1
+            total += hits / rank
+    return total / len(relevant)
+
+
+def _chunks(items, size):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def _image_features(model: MModalModel, dataset: Dataset, batch_size: int):
+    tokens, embeddings = [], []
+    for chunk in tqdm(list(_chunks(dataset.images, batch_size)), desc="images", unit="batch", leave=False):
+        pixels = model.preprocess_images([Image.open(dataset.image_path(r)) for r in chunk])
+        t = model.image_tokens(pixels)
+        tokens.append(t)
+        embeddings.append(model.embed_image_tokens(t))
+    return torch.cat(tokens), torch.cat(embeddings)
+
+
+@torch.inference_mode()
+def _text_features(model: MModalModel, texts: list[str], batch_size: int, routed: list | None = None):
+    """Per chunk (tokens, mask, embeddings); appends each chunk's (layers, experts) routing counts to ``routed``."""
+    out = []
+    for chunk in _chunks(texts, batch_size):
+        ids, mask = model.tokenize(chunk)
+        tokens, _ = model.text_tokens(ids, mask)
+        out.append((tokens, mask, model.embed_text_tokens(tokens, mask)))
+        if routed is not None:
+            routed.append(torch.stack([s.tokens_per_expert for s in model.language.router_stats]))
+    return out
+
+
+@torch.inference_mode()
+def _match_scores(model, image_tokens, image_emb, text_tokens, text_mask, text_emb) -> torch.Tensor:
+    """Match logits of one text (1, T, H) against many images (K, N, C)."""
+    k = image_tokens.shape[0]
+    return model.match_tokens(
+        image_tokens, text_tokens.expand(k, -1, -1), text_mask.expand(k, -1), image_emb, text_emb.expand(k, -1)
+    )
+
+
+def _search_metrics(rankings: dict[str, list[np.ndarray]], dataset: Dataset, index_of: dict[str, int]) -> dict:
+    per_kind: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"p@10": [], "map": []})
+    for query, ranking in zip(dataset.queries, rankings):
+        relevant = {index_of[i] for i in query.relevant}
+        for kind in [query.kind, "all"] if query.kind else ["all"]:
+            per_kind[kind]["p@10"].append(precision_at_10(ranking, relevant))
+            per_kind[kind]["map"].append(average_precision(ranking, relevant))
+    return {
+        kind: {
+            "p@10": round(float(np.mean(v["p@10"])), 4),
+            "map": round(float(np.mean(v["map"])), 4),
+            "n": len(v["p@10"]),
+        }
+        for kind, v in sorted(per_kind.items())
+    }
+
+
+@torch.inference_mode()
+def evaluate(model: MModalModel, dataset: Dataset, batch_size: int = 128, rerank_top: int = RERANK_TOP) -> dict:
+    """All of the spec's metrics for ``model`` on ``dataset`` (which needs queries; foils and audio when present)."""
+    model.eval()
+    index_of = {r.id: i for i, r in enumerate(dataset.images)}
+    image_tokens, image_emb = _image_features(model, dataset, batch_size)
+    texts = [q.text for q in dataset.queries]
+    routed: list[torch.Tensor] = []
+    text_batches = _text_features(model, texts, batch_size, routed)
+    text_emb = torch.cat([b[2] for b in text_batches])
+    similarity = text_emb @ image_emb.t()  # (Q, N)
+    embedding_rankings = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in similarity]
+    reranked = []
+    flat = [
+        (tokens[i : i + 1], mask[i : i + 1], emb[i : i + 1])
+        for tokens, mask, emb in text_batches
+        for i in range(len(tokens))
+    ]
+    for ranking, (tokens, mask, emb) in tqdm(
+        list(zip(embedding_rankings, flat)), desc="re-rank", unit="query", leave=False
+    ):
+        top = torch.as_tensor(ranking[:rerank_top].copy())
+        scores = _match_scores(model, image_tokens[top], image_emb[top], tokens, mask, emb)
+        order = torch.argsort(scores.float(), descending=True, stable=True).cpu().numpy()
+        reranked.append(np.concatenate([ranking[:rerank_top][order], ranking[rerank_top:]]))
+    result = {
+        "images": len(dataset.images),
+        "queries": len(dataset.queries),
+        "search": {
+            "embedding": _search_metrics(embedding_rankings, dataset, index_of),
+            "reranked": _search_metrics(reranked, dataset, index_of),
+        },
+    }
+    if dataset.foils:
+        result["foils"] = _foil_accuracy(model, dataset, image_tokens, image_emb, index_of, batch_size)
+    spoken = [q for q in dataset.queries if q.audio]
+    if spoken:
+        result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size)
+    counts = torch.stack(routed).sum(dim=0)  # (layers, experts)
+    share = counts / counts.sum(dim=1, keepdim=True)
+    result["moe"] = {
+        "expert_share_per_layer": [[round(float(x), 4) for x in layer] for layer in share],
+        "min_share_of_uniform": round(float(share.min() * share.shape[1]), 4),
+    }
+    return result
+
+
+def _foil_accuracy(model, dataset, image_tokens, image_emb, index_of, batch_size) -> dict:
+    correct: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"embedding": [], "reranked": []})
+    for chunk in _chunks(dataset.foils, batch_size):
+        rows = torch.tensor([index_of[f.image_id] for f in chunk])
+        both = _text_features(model, [f.caption for f in chunk] + [f.foil for f in chunk], 2 * len(chunk))[0]
+        tokens, mask, emb = both
+        n = len(chunk)
+        true_sim = (image_emb[rows] * emb[:n]).sum(-1)
+        foil_sim = (image_emb[rows] * emb[n:]).sum(-1)
+        true_match = model.match_tokens(image_tokens[rows], tokens[:n], mask[:n], image_emb[rows], emb[:n])
+        foil_match = model.match_tokens(image_tokens[rows], tokens[n:], mask[n:], image_emb[rows], emb[n:])
+        for f, e, r in zip(chunk, (true_sim > foil_sim).tolist(), (true_match > foil_match).tolist()):
+            correct[f.kind]["embedding"].append(e)
+            correct[f.kind]["reranked"].append(r)
+    return {
+        kind: {k: round(float(np.mean(v)), 4) for k, v in scores.items()} | {"n": len(scores["embedding"])}
+        for kind, scores in sorted(correct.items())
+    }
+
+
+def _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size) -> dict:
+    embeddings = []
+    for chunk in _chunks(spoken, batch_size):
+        clips = [soundfile.read(dataset.root / q.audio, dtype="float32") for q in chunk]
+        embeddings.append(model.encode_audio(clips))
+    similarity = torch.cat(embeddings) @ image_emb.t()
+    p10, ap = [], []
+    for query, row in zip(spoken, similarity):
+        ranking = np.argsort(-row.float().cpu().numpy(), kind="stable")
+        relevant = {index_of[i] for i in query.relevant}
+        p10.append(precision_at_10(ranking, relevant))
+        ap.append(average_precision(ranking, relevant))
+    return {"p@10": round(float(np.mean(p10)), 4), "map": round(float(np.mean(ap)), 4), "n": len(spoken)}
+
+
+def format_report(report: dict[str, dict]) -> str:
+    """A readable table of several models' results, one column per model."""
+    names = list(report)
+    rows: list[tuple[str, list[str]]] = []
+    first = report[names[0]]
+    for stage in ("embedding", "reranked"):
+        for kind in first["search"][stage]:
+            rows.append(
+                (f"search {stage} P@10 {kind}", [f"{r['search'][stage][kind]['p@10']:.3f}" for r in report.values()])
+            )
+        rows.append((f"search {stage} mAP all", [f"{r['search'][stage]['all']['map']:.3f}" for r in report.values()]))
+    for kind in first.get("foils", {}):
+        for stage in ("embedding", "reranked"):
+            rows.append((f"foil {kind} {stage}", [f"{r['foils'][kind][stage]:.3f}" for r in report.values()]))
+    if "speech" in first:
+        rows.append(("speech P@10", [f"{r['speech']['p@10']:.3f}" for r in report.values()]))
+    rows.append(
+        ("MoE min expert share / uniform", [f"{r['moe']['min_share_of_uniform']:.2f}" for r in report.values()])
+    )
+    width = max(len(label) for label, _ in rows)
+    header = " " * width + "  " + "  ".join(f"{n[-24:]:>24}" for n in names)
+    return "\n".join(
+        [header] + [f"{label:<{width}}  " + "  ".join(f"{v:>24}" for v in values) for label, values in rows]
+    )

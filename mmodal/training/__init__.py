@@ -1,0 +1,1 @@
+"""Training: batches from the Shapes world, losses, hard-negative mining, the loop and its checkpoints."""

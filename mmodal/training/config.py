@@ -1,0 +1,59 @@
+"""The training configuration, saved beside every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+RECIPES = ("full", "clip")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, schedule, objectives and checkpoints."""
+
+    out: str = "runs/shapes"  # run folder: checkpoints and the final model
+    data: str = "data/shapes-train"  # training dataset folder (generated when missing)
+    n_images: int = 12000  # images to generate when the dataset folder is missing
+    speech: bool = True  # train the audio tower on spoken queries
+    seed: int = 0
+    recipe: str = "full"  # "full": multi-positive texts, mined and foil negatives, matcher; "clip": plain InfoNCE
+    model: str = "default"  # model size: "default" or "tiny"
+    steps: int = 1200
+    batch_size: int = 128
+    audio_batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    patch_loss_weight: float = 0.5  # per-patch attribute prediction (the scene graph says where objects are)
+    matching_loss_weight: float = 1.0  # early-fusion matcher on mined and foil negatives
+    matching_pairs_per_kind: int = 48  # matcher pairs per step of each kind: positive, hard text, hard image, foil
+    audio_loss_weight: float = 1.0
+    foil_loss_weight: float = 0.5  # foils as extra text negatives in the image→text direction
+    mine_every: int = 200  # steps between refreshes of model-mined hard negatives
+    mined_per_batch: int = 16  # images from the mined bank added to each batch
+    checkpoint_every: int = 250
+    log_every: int = 25
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    workers: int = 2  # threads for the CPU
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError("steps must be at least 1 and batch_size at least 2")
+
+    def save(self, path: str | Path) -> None:
+        from mmodal.fileio import write_json
+
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)

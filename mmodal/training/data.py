@@ -1,0 +1,156 @@
+"""Training batches from a Shapes dataset: images in memory, texts drawn per step, truth from the semantics.
+
+Every text is made from a scene graph and every positive is decided by ``mmodal.shapes.semantics``, so
+a true image is never pushed away as a negative. Flips are applied to image and scene graph together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import soundfile
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from encoders.image import PIXEL_MEAN, PIXEL_STD, letterbox
+from mmodal.data.dataset import Dataset
+from mmodal.shapes import world
+from mmodal.shapes.semantics import COLORS, SHAPES, SIZES, Scene, Statement, parse_statement
+
+log = logging.getLogger(__name__)
+
+# Query kinds drawn for training texts, with how often (captions describe the whole scene).
+TEXT_KINDS = ("object", "binding", "binding", "relation", "relation", "count", "conjunction", "conjunction", "caption")
+
+
+@dataclass
+class Batch:
+    """One training step's data."""
+
+    pixels: torch.Tensor  # (B, 3, S, S) normalised
+    texts: list[str]  # B texts, text i made from image i
+    positives: torch.Tensor  # (B, B) bool: image i satisfies text j
+    foils: list[str | None]  # a false text per image, or None
+    patch_targets: dict[str, torch.Tensor]  # each (B, g*g) class ids (last class: no object)
+    scenes: list[Scene]  # scene graphs as seen (after flips)
+
+
+def _letterbox_frame(scene: Scene, size: int) -> tuple[float, float, float, float]:
+    """(x0, y0, w, h) of the original canvas inside the letterboxed square, as fractions of ``size``."""
+    scale = size / max(scene.width, scene.height)
+    w, h = scene.width * scale / size, scene.height * scale / size
+    return (1 - w) / 2, (1 - h) / 2, w, h
+
+
+class ShapesTrainingData:
+    """Holds a training split in memory and draws batches from it."""
+
+    def __init__(self, dataset: Dataset, image_size: int, grid: int, tokenizer=None):
+        self.image_size, self.grid = image_size, grid
+        self.scenes: list[Scene] = [r.scene for r in dataset.images]
+        if any(s is None for s in self.scenes):
+            raise ValueError(f"{dataset.root} has images without scene graphs; training needs a Shapes dataset")
+        images = np.zeros((len(self.scenes), image_size, image_size, 3), dtype=np.uint8)
+        for i, record in enumerate(tqdm(dataset.images, desc="loading images", unit="img", leave=False)):
+            with Image.open(dataset.image_path(record)) as im:
+                images[i] = np.asarray(letterbox(im, image_size))
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
+        self.frames = [_letterbox_frame(s, image_size) for s in self.scenes]
+        self.spoken: list[tuple[str, np.ndarray]] = []
+        for query in dataset.queries:
+            if query.audio:
+                audio, rate = soundfile.read(dataset.root / query.audio, dtype="int16")
+                self.spoken.append((query.text, audio))
+        self.spoken_statements = [parse_statement(t) for t, _ in self.spoken]
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    # ------------------------------------------------------------------------------------------ pieces
+
+    def pixels(self, indices: np.ndarray, flips: np.ndarray) -> torch.Tensor:
+        """Normalised pixels with per-image horizontal/vertical flips: (B, 3, S, S)."""
+        batch = self.images[torch.as_tensor(indices)].float() / 255.0
+        for i, (fx, fy) in enumerate(flips):
+            dims = [d for d, f in ((3, fx), (2, fy)) if f]
+            if dims:
+                batch[i] = batch[i].flip([d - 1 for d in dims])
+        mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+        return (batch - mean) / std
+
+    def scene(self, index: int, flip: tuple[bool, bool]) -> Scene:
+        scene = self.scenes[index]
+        fx, fy = flip
+        if not (fx or fy):
+            return scene
+        objects = tuple(replace(o, cx=1 - o.cx if fx else o.cx, cy=1 - o.cy if fy else o.cy) for o in scene.objects)
+        return replace(scene, objects=objects)
+
+    def patch_targets(self, indices: np.ndarray, scenes: list[Scene]) -> dict[str, torch.Tensor]:
+        """For each cell of the last token grid, the attributes of the object centred in it (or "none")."""
+        g = self.grid
+        targets = {
+            "color": torch.full((len(scenes), g * g), len(COLORS)),
+            "shape": torch.full((len(scenes), g * g), len(SHAPES)),
+            "size": torch.full((len(scenes), g * g), len(SIZES)),
+        }
+        colors, shapes = list(COLORS), list(SHAPES)
+        for b, (index, scene) in enumerate(zip(indices, scenes)):
+            x0, y0, w, h = self.frames[index]
+            for o in scene.objects:
+                col = min(g - 1, int((x0 + o.cx * w) * g))
+                row = min(g - 1, int((y0 + o.cy * h) * g))
+                cell = row * g + col
+                targets["color"][b, cell] = colors.index(o.color)
+                targets["shape"][b, cell] = shapes.index(o.shape)
+                targets["size"][b, cell] = SIZES.index(o.size)
+        return targets
+
+    def text_for(self, scene: Scene, rng: np.random.Generator, recipe: str) -> Statement:
+        """A text true of ``scene``: a whole-scene caption for the CLIP recipe, else a query-like text."""
+        if recipe == "clip":
+            captions = world.captions(scene, rng)
+            return captions[int(rng.integers(len(captions)))][1]
+        while True:
+            kind = TEXT_KINDS[int(rng.integers(len(TEXT_KINDS)))]
+            if kind == "caption":
+                captions = world.captions(scene, rng)
+                return captions[int(rng.integers(len(captions)))][1]
+            statement = world.query_for(kind, scene, rng)
+            if statement is not None:
+                return statement
+
+    # ------------------------------------------------------------------------------------------ batches
+
+    def batch(self, indices: np.ndarray, rng: np.random.Generator, recipe: str) -> Batch:
+        flips = rng.random((len(indices), 2)) < 0.5
+        scenes = [self.scene(int(i), (bool(fx), bool(fy))) for i, (fx, fy) in zip(indices, flips)]
+        statements = [self.text_for(s, rng, recipe) for s in scenes]
+        if recipe == "clip":
+            positives = torch.eye(len(indices), dtype=torch.bool)
+            foils: list[str | None] = [None] * len(indices)
+        else:
+            positives = torch.tensor([[st.holds(sc) for st in statements] for sc in scenes])
+            foils = [self._foil(sc, rng) for sc in scenes]
+        return Batch(
+            pixels=self.pixels(indices, flips),
+            texts=[s.text() for s in statements],
+            positives=positives,
+            foils=foils,
+            patch_targets=self.patch_targets(indices, scenes),
+            scenes=scenes,
+        )
+
+    @staticmethod
+    def _foil(scene: Scene, rng: np.random.Generator) -> str | None:
+        made = world.foils(scene, world.captions(scene, rng), split="train")
+        return made[int(rng.integers(len(made)))][2].text() if made else None
+
+    def audio_batch(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[tuple[np.ndarray, int]]]:
+        """``n`` spoken queries: their indices and (waveform, 16000) clips."""
+        picks = rng.choice(len(self.spoken), size=min(n, len(self.spoken)), replace=False)
+        return [int(p) for p in picks], [(self.spoken[p][1].astype(np.float32) / 32768.0, 16_000) for p in picks]

@@ -1,0 +1,232 @@
+"""The training loop: contrastive alignment with mined and foil negatives, the matcher, patches and speech."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from encoders.tokenizer import build_tokenizer
+from mmodal.config import ModelConfig, tiny_config
+from mmodal.data.dataset import DatasetFormatError, read_dataset
+from mmodal.model import MModalModel
+from mmodal.shapes.generate import generate_shapes
+from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
+from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
+from mmodal.training.config import TrainConfig
+from mmodal.training.data import Batch, ShapesTrainingData
+from mmodal.training.losses import hardest_negatives, multi_positive_nce, patch_loss, symmetric_nce
+from mmodal.training.mining import NeighbourBank
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def tokenizer_corpus(dataset) -> list[str]:
+    """Every text of the training split, plus the whole vocabulary, so each word gets its own token."""
+    words = [*SHAPES, *(s + "s" for s in SHAPES), *COLORS, *SIZES, *COUNT_WORDS, *RELATIONS, "object", "objects"]
+    texts = [c.text for c in dataset.captions] + [q.text for q in dataset.queries]
+    texts += [f"{q.question} {q.answer}" for q in dataset.questions]
+    return texts + [" ".join(words)] * 50
+
+
+def ensure_dataset(config: TrainConfig):
+    """Reads the training split, generating it first when the folder holds none."""
+    folder = Path(config.data)
+    if not (folder / "dataset.json").is_file():
+        log.info("no training data in %s: generating %d Shapes images", folder, config.n_images)
+        generate_shapes(folder, n=config.n_images, seed=config.seed + 1000, split="train", with_speech=config.speech)
+    dataset = read_dataset(folder)
+    if dataset.info.get("split") != "train":
+        raise DatasetFormatError(f"{folder} is a {dataset.info.get('split')!r} split; train on a train split only")
+    return dataset
+
+
+def _schedule(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """All training losses for one step (see TrainConfig for the weights)."""
+    device = model.device
+    n = len(batch.texts)
+    full = config.recipe == "full"
+    foil_rows = [i for i, f in enumerate(batch.foils) if f] if full else []
+    audio_rows, clips, audio_statements = audio if audio else ([], [], [])
+    texts = batch.texts + [batch.foils[i] for i in foil_rows] + [s.text() for s in audio_statements]
+    ids, mask = model.tokenize(texts)
+    text_tokens, moe_aux = model.text_tokens(ids, mask)
+    text_emb = model.embed_text_tokens(text_tokens, mask)
+    image_tokens = model.image_tokens(batch.pixels.to(device))
+    image_emb = model.embed_image_tokens(image_tokens)
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    positives = batch.positives.to(device)
+    similarity = image_emb @ text_emb[:n].t()  # (B, B)
+    losses = {"nce": symmetric_nce(scale * similarity, positives), "moe": moe_aux}
+    if foil_rows:
+        rows = torch.tensor(foil_rows, device=device)
+        foil_sim = (image_emb[rows] * text_emb[n : n + len(foil_rows)]).sum(-1, keepdim=True)  # (F, 1)
+        logits = torch.cat([similarity[rows], foil_sim], dim=1) * scale
+        foil_pos = torch.cat([positives[rows], torch.zeros_like(foil_sim, dtype=torch.bool)], dim=1)
+        losses["foil"] = config.foil_loss_weight * multi_positive_nce(logits, foil_pos)
+    if full:
+        heads = {k: head(image_tokens) for k, head in model.patch_heads.items()}
+        targets = {k: v.to(device) for k, v in batch.patch_targets.items()}
+        losses["patch"] = config.patch_loss_weight * patch_loss(heads, targets)
+        losses["match"] = config.matching_loss_weight * _matching_loss(
+            model,
+            image_tokens,
+            image_emb,
+            text_tokens,
+            mask,
+            text_emb,
+            similarity,
+            positives,
+            foil_rows,
+            n,
+            config.matching_pairs_per_kind,
+        )
+    if clips:
+        waves, lengths = model.preprocess_audio(clips)
+        audio_emb = model.embed_audio(waves, lengths)  # (A, D)
+        start = n + len(foil_rows)
+        spoken_emb = text_emb[start:]
+        same_text = torch.tensor(
+            [[a.text() == b.text() for b in audio_statements] for a in audio_statements], device=device
+        )
+        loss = symmetric_nce(scale * audio_emb @ spoken_emb.t(), same_text)
+        if full:
+            scenes_ok = torch.tensor([[s.holds(sc) for sc in batch.scenes] for s in audio_statements], device=device)
+            loss = loss + multi_positive_nce(scale * audio_emb @ image_emb.t(), scenes_ok)
+        losses["audio"] = config.audio_loss_weight * loss
+    return losses
+
+
+def _matching_loss(
+    model, image_tokens, image_emb, text_tokens, mask, text_emb, similarity, positives, foil_rows, n, per_kind
+):
+    """The matcher learns from positives, the hardest in-batch negatives both ways, and the foils (ALBEF's ITM)."""
+    text_for_image, image_for_text = hardest_negatives(similarity, positives)
+    rows = range(min(n, per_kind))  # the batch is already shuffled: its first rows are a random subset
+    pairs = [(i, i, 1.0) for i in rows]
+    pairs += [(i, int(text_for_image[i]), 0.0) for i in rows if text_for_image[i] >= 0]
+    pairs += [(int(image_for_text[t]), t, 0.0) for t in rows if image_for_text[t] >= 0]
+    pairs += [(i, n + k, 0.0) for k, i in enumerate(foil_rows[:per_kind])]
+    img_idx = torch.tensor([p[0] for p in pairs], device=image_tokens.device)
+    txt_idx = torch.tensor([p[1] for p in pairs], device=image_tokens.device)
+    labels = torch.tensor([p[2] for p in pairs], device=image_tokens.device)
+    logits = model.match_tokens(
+        image_tokens[img_idx], text_tokens[txt_idx], mask[txt_idx], image_emb[img_idx], text_emb[txt_idx]
+    )
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
+def build_model(config: TrainConfig, dataset) -> MModalModel:
+    model_config = tiny_config() if config.model == "tiny" else ModelConfig()
+    tokenizer = build_tokenizer(tokenizer_corpus(dataset), vocab_size=model_config.text.vocab_size)
+    return MModalModel(model_config, tokenizer)
+
+
+def train(config: TrainConfig, resume: bool = False, for_steps: int | None = None) -> Path | None:
+    """Trains a model as ``config`` says and writes it to ``config.out/model``; returns that folder.
+
+    With ``for_steps``, stops after that many steps of this call at a checkpoint (returns None unless the
+    run is finished), so a long schedule can be trained in pieces with ``resume``.
+    """
+    run = Path(config.out)
+    run.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.workers)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    dataset = ensure_dataset(config)
+    checkpoint = find_checkpoint(run) if resume else None
+    if resume and checkpoint is None:
+        log.warning("no checkpoint in %s: starting from scratch", run)
+    model = MModalModel.from_pretrained(checkpoint, device) if checkpoint else build_model(config, dataset).to(device)
+    model.train()
+    data = ShapesTrainingData(dataset, model.config.image.image_size, model.config.image.grid)
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embed" not in name]
+    no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in name)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    bank = NeighbourBank()
+    step = 0
+    if checkpoint:
+        state = load_trainer_state(checkpoint, optimizer)
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        bank.pairs = np.asarray(state.get("mined_pairs", []), dtype=np.int64).reshape(-1, 2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config), last_epoch=step - 1)
+        log.info("resumed from %s at step %d", checkpoint, step)
+    config.save(run / TRAIN_CONFIG_FILE)
+    use_amp = device.type == "cuda"
+    started, samples = time.time(), 0
+    stop_at = min(config.steps, step + for_steps) if for_steps else config.steps
+    with tqdm(total=config.steps, initial=step, desc=f"train {config.recipe}", unit="step") as bar:
+        while step < stop_at:
+            if config.recipe == "full" and config.mine_every and step % config.mine_every == 0 and step > 0:
+                bank.refresh(model, data, rng)
+            mined = bank.sample(config.mined_per_batch, rng) if config.recipe == "full" else np.zeros(0, dtype=np.int64)
+            fresh = rng.choice(len(data), size=config.batch_size - len(mined), replace=False)
+            batch = data.batch(np.concatenate([fresh, mined]), rng, config.recipe)
+            audio = None
+            if data.spoken and config.speech:
+                picks, clips = data.audio_batch(config.audio_batch_size, rng)
+                audio = (picks, clips, [data.spoken_statements[p] for p in picks])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses = compute_losses(model, batch, audio, config)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            samples += len(batch.texts)
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                rate = samples / (time.time() - started)
+                bar.set_postfix(
+                    loss=f"{total.item():.3f}",
+                    **{k: f"{v.item():.3f}" for k, v in losses.items()},
+                    samples_s=f"{rate:.0f}",
+                )
+            if step % config.checkpoint_every == 0 or step == stop_at:
+                state = {"step": step, "rng": rng.bit_generator.state, "mined_pairs": bank.pairs.tolist()}
+                save_checkpoint(run, model, optimizer, state)
+    if step < config.steps:
+        log.info("stopped at step %d of %d; continue with --resume", step, config.steps)
+        return None
+    final = run / MODEL_DIR
+    model.eval()
+    model.save_pretrained(final)
+    config.save(final / TRAIN_CONFIG_FILE)
+    log.info("trained %d steps in %.1f min; model in %s", step, (time.time() - started) / 60, final)
+    return final

@@ -1,0 +1,154 @@
+"""The model: towers, save/load, bad input, the MoE core, and a tiny training run whose loss falls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoders.errors import TowerInputError
+from encoders.language import MoEConfig, MoELanguageModel
+from encoders.tokenizer import build_tokenizer
+from mmodal.config import ModelConfig, tiny_config
+from mmodal.model import MModalModel
+
+CORPUS = [
+    "a large red circle left of a blue square",
+    "two green stars and a white hexagon",
+    "how many objects are there?",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return MModalModel(tiny_config(), build_tokenizer(CORPUS * 20, vocab_size=300)).eval()
+
+
+def _images():
+    return [Image.new("RGB", (120, 80), (200, 30, 30)), Image.new("L", (50, 90), 128), Image.new("RGBA", (64, 64))]
+
+
+def test_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
+    clips = [
+        (np.sin(np.linspace(0, 900, 16000)).astype(np.float32), 16000),
+        (np.random.default_rng(0).normal(size=30000), 22050),
+    ]
+    before = (tiny_model.encode_image(_images()), tiny_model.encode_text(CORPUS), tiny_model.encode_audio(clips))
+    match_before = tiny_model.match(_images()[:2], CORPUS[:2])
+    tiny_model.save_pretrained(tmp_path / "m")
+    loaded = MModalModel.from_pretrained(tmp_path / "m")
+    after = (loaded.encode_image(_images()), loaded.encode_text(CORPUS), loaded.encode_audio(clips))
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    assert torch.equal(match_before, loaded.match(_images()[:2], CORPUS[:2]))
+    assert ModelConfig.load(tmp_path / "m") == tiny_model.config
+
+
+def test_embeddings_are_normalised_on_request(tiny_model):
+    assert torch.allclose(tiny_model.encode_text(CORPUS).norm(dim=-1), torch.ones(3), atol=1e-5)
+    raw = tiny_model.encode_image(_images(), normalize=False)
+    assert raw.shape == (3, tiny_model.config.fusion.embed_dim) and not torch.allclose(raw.norm(dim=-1), torch.ones(3))
+
+
+def test_loading_is_strict(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_model.save_pretrained(tmp_path / "m")
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    weights.pop(next(iter(weights)))
+    weights["surprise.weight"] = torch.zeros(2)
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not fit its config: missing .* unexpected .*surprise"):
+        MModalModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        MModalModel.from_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m.encode_image(torch.zeros(2, 3, 10, 10)), r"expects pixels of shape \(B, 3, 32, 32\)"),
+        (lambda m: m.encode_image([]), "no images"),
+        (lambda m: m.encode_image(["not an image"]), "expected a PIL image"),
+        (lambda m: m.encode_text([""]), "empty text"),
+        (lambda m: m.encode_text(["   "]), "empty text"),
+        (lambda m: m.encode_text(["x" * 10_000]), "too long"),
+        (lambda m: m.encode_text("a red circle"), "a list of texts"),
+        (lambda m: m.encode_audio([(np.zeros(0, dtype=np.float32), 16000)]), "empty audio"),
+        (lambda m: m.encode_audio([(np.zeros(16000 * 10, dtype=np.float32), 16000)]), "at most 4 s"),
+        (lambda m: m.encode_audio([(np.full(1600, np.nan, dtype=np.float32), 16000)]), "NaN"),
+        (lambda m: m.encode_audio([(np.zeros((2, 3, 4)), 16000)]), "waveform"),
+        (lambda m: m.match(_images()[:2], ["a red circle"]), "pairs images with texts"),
+    ],
+)
+def test_towers_reject_bad_input_clearly(tiny_model, call, message):
+    with pytest.raises(TowerInputError, match=message):
+        call(tiny_model)
+
+
+def test_long_text_is_truncated_and_other_scripts_encode(tiny_model):
+    long = " ".join(["a red circle"] * 50)
+    assert tiny_model.encode_text([long, "ein rotes Quadrat", "красный круг"]).shape == (3, 32)
+
+
+def test_stereo_and_other_rates_are_resampled_to_mono(tiny_model):
+    mono = np.sin(np.linspace(0, 500, 8000)).astype(np.float32)
+    a = tiny_model.encode_audio([(np.stack([mono, mono], axis=1), 8000)])
+    b = tiny_model.encode_audio([(mono, 8000)])
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- MoE core
+
+
+def _core(**overrides):
+    config = MoEConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        n_routed_experts=4,
+        experts_per_token=2,
+        expert_hidden_size=32,
+        max_position_embeddings=32,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    return MoELanguageModel(config)
+
+
+def test_moe_core_routes_every_token_and_reports_load():
+    core = _core()
+    out = core(torch.randint(3, 40, (4, 9)))
+    assert out.logits.shape == (4, 9, 40) and out.aux_loss > 0
+    load = core.expert_load()
+    assert torch.isclose(load.sum(), torch.tensor(1.0)) and (load > 0).all()
+    counts = sum(s.tokens_per_expert for s in core.router_stats)
+    assert counts.sum() == 2 * 4 * 9 * 2  # layers × tokens × experts_per_token
+
+
+def test_moe_core_generates_deterministically_after_a_prefix():
+    core = _core().eval()
+    prefix = torch.randn(2, 5, 32)
+    start = torch.full((2, 1), 1)
+    kwargs = dict(prefix_embeds=prefix, max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=0)
+    first, second = core.generate(input_ids=start, **kwargs), core.generate(input_ids=start, **kwargs)
+    assert first.shape == (2, 5) and torch.equal(first, second)
+    torch.manual_seed(3)
+    sampled = core.generate(
+        input_ids=start, prefix_embeds=prefix, max_new_tokens=4, do_sample=True, use_cache=False, pad_token_id=0
+    )
+    torch.manual_seed(3)
+    again = core.generate(
+        input_ids=start, prefix_embeds=prefix, max_new_tokens=4, do_sample=True, use_cache=False, pad_token_id=0
+    )
+    assert torch.equal(sampled, again)
+
+
+def test_moe_config_checks_its_routing():
+    with pytest.raises(ValueError, match="experts_per_token must be in 1..n_routed_experts=4"):
+        MoEConfig(n_routed_experts=4, experts_per_token=5)
+    with pytest.raises(ValueError, match="sequence of 40 tokens exceeds"):
+        _core()(torch.randint(3, 40, (1, 40)))

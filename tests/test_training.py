@@ -1,0 +1,130 @@
+"""Training: the loss falls on a tiny model, runs resume exactly, and evaluation reports the spec's metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmodal.data.dataset import read_dataset
+from mmodal.evaluate import average_precision, evaluate, precision_at_10
+from mmodal.training.config import TrainConfig
+from mmodal.training.data import ShapesTrainingData
+from mmodal.training.loop import build_model, compute_losses, train
+from mmodal.training.losses import multi_positive_nce
+
+
+def _config(tmp_path, data, **overrides):
+    settings = dict(
+        out=str(tmp_path / "run"),
+        data=str(data),
+        model="tiny",
+        steps=8,
+        batch_size=16,
+        audio_batch_size=4,
+        warmup_steps=2,
+        mine_every=4,
+        mined_per_batch=4,
+        checkpoint_every=4,
+        log_every=2,
+        speech=False,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_tiny_model_loss_falls_on_cpu(shapes_train_dir, tmp_path):
+    torch.manual_seed(0)
+    config = _config(tmp_path, shapes_train_dir)
+    dataset = read_dataset(shapes_train_dir)
+    model = build_model(config, dataset).train()
+    data = ShapesTrainingData(dataset, model.config.image.image_size, model.config.image.grid)
+    batch = data.batch(np.arange(16), np.random.default_rng(0), "full")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        losses = compute_losses(model, batch, None, config)
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(total.item())
+    assert set(losses) == {"nce", "moe", "foil", "patch", "match"}
+    assert np.mean(history[-3:]) < 0.6 * np.mean(history[:3])
+
+
+def test_interrupted_run_resumes_to_the_same_model(shapes_train_dir, tmp_path):
+    straight = train(_config(tmp_path / "a", shapes_train_dir))
+    config = _config(tmp_path / "b", shapes_train_dir)
+    assert train(config, for_steps=5) is None
+    state = json.loads((tmp_path / "b" / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 5
+    resumed = train(config, resume=True)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    # Same trajectory; only float rounding of multi-threaded CPU kernels may differ.
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert json.loads((resumed / "train_config.json").read_text())["steps"] == 8
+
+
+def test_clip_recipe_uses_captions_and_plain_infonce(shapes_train_dir, tmp_path):
+    config = _config(tmp_path, shapes_train_dir, recipe="clip")
+    dataset = read_dataset(shapes_train_dir)
+    model = build_model(config, dataset)
+    data = ShapesTrainingData(dataset, model.config.image.image_size, model.config.image.grid)
+    batch = data.batch(np.arange(16), np.random.default_rng(1), "clip")
+    assert torch.equal(batch.positives, torch.eye(16, dtype=torch.bool))
+    assert set(compute_losses(model, batch, None, config)) == {"nce", "moe"}
+
+
+def test_multi_positive_batches_follow_the_semantics(shapes_train_dir):
+    dataset = read_dataset(shapes_train_dir)
+    data = ShapesTrainingData(dataset, 32, 4)
+    batch = data.batch(np.arange(32), np.random.default_rng(2), "full")
+    from mmodal.shapes.semantics import parse_statement
+
+    for i, scene in enumerate(batch.scenes):
+        for j, text in enumerate(batch.texts):
+            assert bool(batch.positives[i, j]) == parse_statement(text).holds(scene)
+    assert batch.positives.diagonal().all()
+    for scene, foil in zip(batch.scenes, batch.foils):
+        assert foil is None or not parse_statement(foil).holds(scene)
+
+
+def test_nce_with_several_positives():
+    logits = torch.tensor([[2.0, 2.0, -1.0], [0.0, 1.0, 0.0]])
+    positives = torch.tensor([[True, True, False], [False, False, False]])
+    expected = -torch.log(
+        torch.exp(torch.tensor(2.0)) * 2 / (2 * torch.exp(torch.tensor(2.0)) + torch.exp(torch.tensor(-1.0)))
+    )
+    assert torch.isclose(multi_positive_nce(logits, positives), expected)
+
+
+def test_ranking_metrics_follow_the_spec():
+    ranking = np.array([3, 1, 7, 0, 2, 4, 5, 6, 8, 9, 10, 11])
+    assert precision_at_10(ranking, {3, 0}) == 1.0  # both relevant images in the top 10
+    assert precision_at_10(ranking, {10, 3}) == 0.5
+    assert average_precision(ranking, {3, 7}) == pytest.approx((1 / 1 + 2 / 3) / 2)
+
+
+def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_path):
+    folder = train(_config(tmp_path, shapes_train_dir, steps=3))
+    from mmodal.model import MModalModel
+
+    report = evaluate(MModalModel.from_pretrained(folder), read_dataset(shapes_test_dir))
+    assert set(report["search"]["embedding"]) >= {
+        "all",
+        "object",
+        "binding",
+        "relation",
+        "count",
+        "conjunction",
+        "held_out",
+    }
+    assert all(0 <= v["p@10"] <= 1 for v in report["search"]["reranked"].values())
+    assert set(report["foils"]) == {"color_swap", "relation_swap", "count_change"}
+    assert 0 <= report["moe"]["min_share_of_uniform"] <= 1
+    if any(q.audio for q in read_dataset(shapes_test_dir).queries):
+        assert 0 <= report["speech"]["p@10"] <= 1
