@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from encoders.errors import TowerInputError
-
-# The Shapes world's images are dark with saturated objects; these keep inputs near zero mean.
-PIXEL_MEAN = (0.25, 0.25, 0.25)
-PIXEL_STD = (0.3, 0.3, 0.3)
+from encoders.pixels import PIXEL_MEAN, PIXEL_STD, letterboxed_array
 
 
 @dataclass
@@ -39,9 +35,11 @@ class ImageEncoderConfig:
         return self.image_size // self.patch_size // 2 ** (len(self.depths) - 1)
 
 
-def letterbox(image: Image.Image, size: int) -> Image.Image:
-    """Scales the image to fit a ``size`` square, keeping its aspect ratio, and pads with black."""
-    return ImageOps.pad(image.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (B, 3, S, S) → the tower's normalised float input."""
+    mean = torch.tensor(PIXEL_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
 
 
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
@@ -50,11 +48,7 @@ def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
         raise TowerInputError(f"expected a PIL image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise TowerInputError(f"image has no pixels ({image.width}×{image.height})")
-    array = np.asarray(letterbox(image, size), dtype=np.float32) / 255.0  # (S, S, 3)
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
-    return (tensor - mean) / std
+    return normalize_pixels(torch.from_numpy(letterboxed_array(image, size))[None])[0]
 
 
 class SwinImageEncoder(nn.Module):

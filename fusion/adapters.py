@@ -8,21 +8,27 @@ from torch import nn
 
 
 class AttentionPool(nn.Module):
-    """Pools a token sequence into one vector with a learned query (masked tokens are ignored)."""
+    """Pools a token sequence with several learned queries plus a max over tokens (masked tokens ignored).
 
-    def __init__(self, dim: int, num_heads: int = 4):
+    Mean pooling would let the background, most of an image, drown the few tokens that hold objects;
+    learned queries and the max keep small objects visible in the pooled vector.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, num_queries: int = 4):
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.normal_(self.query, std=0.02)
+        self.queries = nn.Parameter(torch.zeros(1, num_queries, dim))
+        nn.init.normal_(self.queries, std=0.02)
         self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.merge = nn.Linear(num_queries * dim, dim)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T, C), mask (B, T) of real tokens → (B, C)."""
-        query = self.query.expand(tokens.shape[0], -1, -1)
+        queries = self.queries.expand(tokens.shape[0], -1, -1)
         padding = ~mask.bool() if mask is not None else None
-        pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=padding, need_weights=False)
-        return self.norm(pooled[:, 0] + masked_mean(tokens, mask))
+        pooled, _ = self.attention(queries, tokens, tokens, key_padding_mask=padding, need_weights=False)  # (B, Q, C)
+        maxed = tokens if mask is None else tokens.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+        return self.norm(self.merge(pooled.flatten(1)) + maxed.amax(dim=1))
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -24,6 +24,7 @@ from encoders.language import MoEConfig, MoELanguageModel
 from fusion.adapters import Adapter
 from fusion.early import EarlyFusion, MatchingHead
 from mmodal.config import ModelConfig
+from mmodal.fileio import default_file_mode
 from mmodal.shapes.semantics import COLORS, SHAPES, SIZES
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class MModalModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
+        self.source: str | None = None  # the folder or embedded name it was loaded from
         t = config.text
         self.language = MoELanguageModel(
             MoEConfig(
@@ -193,11 +195,13 @@ class MModalModel(nn.Module):
         self.tokenizer.save_pretrained(folder)
         tmp = folder / f".{WEIGHTS_FILE}.partial"
         save_model(self, str(tmp))
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, folder / WEIGHTS_FILE)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> MModalModel:
         """Loads a model folder, or a model shipped with mmodal by name ("shapes"), strictly."""
+        source = str(folder)
         folder = resolve_model_path(folder)
         weights = folder / WEIGHTS_FILE
         if not weights.is_file():
@@ -210,6 +214,7 @@ class MModalModel(nn.Module):
             raise ValueError(
                 f"{weights} does not fit its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
+        model.source = source if folder.parent == EMBEDDED_MODELS else str(folder.resolve())
         return model.to(device).eval()
 
 

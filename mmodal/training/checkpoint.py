@@ -6,13 +6,14 @@ Nothing is pickled: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmodal.fileio import write_json
+from mmodal.fileio import default_file_mode, write_json
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -30,6 +31,7 @@ def save_checkpoint(run: Path, model, optimizer: torch.optim.Optimizer, state: d
         for key, value in values.items():
             tensors[f"{param_id}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).detach().cpu()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / OPTIMIZER_FILE))
+    os.chmod(partial / OPTIMIZER_FILE, default_file_mode())
     write_json(partial / STATE_FILE, {**state, "param_groups": optimizer_state["param_groups"]})
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

@@ -23,9 +23,9 @@ class TrainConfig:
     steps: int = 1200
     batch_size: int = 128
     audio_batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     patch_loss_weight: float = 0.5  # per-patch attribute prediction (the scene graph says where objects are)
     matching_loss_weight: float = 1.0  # early-fusion matcher on mined and foil negatives
     matching_pairs_per_kind: int = 48  # matcher pairs per step of each kind: positive, hard text, hard image, foil

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from encoders.image import PIXEL_MEAN, PIXEL_STD, letterbox
+from encoders.image import normalize_pixels
+from encoders.pixels import letterboxed_array
 from mmodal.data.dataset import Dataset
 from mmodal.shapes import world
 from mmodal.shapes.semantics import COLORS, SHAPES, SIZES, Scene, Statement, parse_statement
@@ -53,11 +54,11 @@ class ShapesTrainingData:
         self.scenes: list[Scene] = [r.scene for r in dataset.images]
         if any(s is None for s in self.scenes):
             raise ValueError(f"{dataset.root} has images without scene graphs; training needs a Shapes dataset")
-        images = np.zeros((len(self.scenes), image_size, image_size, 3), dtype=np.uint8)
+        images = np.zeros((len(self.scenes), 3, image_size, image_size), dtype=np.uint8)
         for i, record in enumerate(tqdm(dataset.images, desc="loading images", unit="img", leave=False)):
             with Image.open(dataset.image_path(record)) as im:
-                images[i] = np.asarray(letterbox(im, image_size))
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
+                images[i] = letterboxed_array(im, image_size)
+        self.images = torch.from_numpy(images)  # (N, 3, S, S) uint8
         self.frames = [_letterbox_frame(s, image_size) for s in self.scenes]
         self.spoken: list[tuple[str, np.ndarray]] = []
         for query in dataset.queries:
@@ -73,14 +74,12 @@ class ShapesTrainingData:
 
     def pixels(self, indices: np.ndarray, flips: np.ndarray) -> torch.Tensor:
         """Normalised pixels with per-image horizontal/vertical flips: (B, 3, S, S)."""
-        batch = self.images[torch.as_tensor(indices)].float() / 255.0
+        batch = self.images[torch.as_tensor(indices)].clone()
         for i, (fx, fy) in enumerate(flips):
             dims = [d for d, f in ((3, fx), (2, fy)) if f]
             if dims:
                 batch[i] = batch[i].flip([d - 1 for d in dims])
-        mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
-        return (batch - mean) / std
+        return normalize_pixels(batch)
 
     def scene(self, index: int, flip: tuple[bool, bool]) -> Scene:
         scene = self.scenes[index]

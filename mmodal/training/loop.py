@@ -116,10 +116,14 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
         same_text = torch.tensor(
             [[a.text() == b.text() for b in audio_statements] for a in audio_statements], device=device
         )
+        # Speech learns to land where its text and its images already are; while the audio tower is young
+        # its gradients would only shake the text and image towers, so they do not flow back into them.
+        spoken_emb = spoken_emb.detach()
         loss = symmetric_nce(scale * audio_emb @ spoken_emb.t(), same_text)
+        loss = loss + (1 - (audio_emb * spoken_emb).sum(dim=-1)).mean()  # dense pull towards its own text
         if full:
             scenes_ok = torch.tensor([[s.holds(sc) for sc in batch.scenes] for s in audio_statements], device=device)
-            loss = loss + multi_positive_nce(scale * audio_emb @ image_emb.t(), scenes_ok)
+            loss = loss + multi_positive_nce(scale * audio_emb @ image_emb.detach().t(), scenes_ok)
         losses["audio"] = config.audio_loss_weight * loss
     return losses
 
@@ -127,7 +131,14 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
 def _matching_loss(
     model, image_tokens, image_emb, text_tokens, mask, text_emb, similarity, positives, foil_rows, n, per_kind
 ):
-    """The matcher learns from positives, the hardest in-batch negatives both ways, and the foils (ALBEF's ITM)."""
+    """The matcher learns from positives, the hardest in-batch negatives both ways, and the foils (ALBEF's ITM).
+
+    It reads the towers' features without training them: at this model size its gradients pulled the shared
+    towers away from what retrieval needs, and the patch loss already teaches the image tokens where
+    each object is and what it looks like.
+    """
+    image_tokens, text_tokens = image_tokens.detach(), text_tokens.detach()
+    image_emb, text_emb = image_emb.detach(), text_emb.detach()
     text_for_image, image_for_text = hardest_negatives(similarity, positives)
     rows = range(min(n, per_kind))  # the batch is already shuffled: its first rows are a random subset
     pairs = [(i, i, 1.0) for i in rows]
