@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/mmodal data shapes --out $(DEMO_DATA) --n 500 --seed 0 --split test --speech
+	test -f $(DEMO_DATA)/dataset.json || $(BIN)/mmodal data shapes --out $(DEMO_DATA) --n 500 --seed 0 --split test --speech
+	$(BIN)/mmodal index $(DEMO_DATA)/images --index $(DEMO_DATA)/index
+	$(BIN)/mmodal search "a red circle left of a blue square" --index $(DEMO_DATA)/index -k 5
 
 test: setup
 	$(BIN)/python -m pytest

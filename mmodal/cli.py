@@ -80,6 +80,102 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    import json
+
+    from mmodal.model import DEFAULT_MODEL, MModalModel
+    from mmodal.pipeline import index_collection
+
+    model = MModalModel.from_pretrained(args.model or _index_model_source(args.index) or DEFAULT_MODEL)
+    summary = index_collection(
+        model, args.paths, args.index, batch_size=args.batch_size, workers=args.workers, factory=args.factory
+    )
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
+    return 0
+
+
+def _index_model_source(index_dir: str) -> str | None:
+    """The model an existing index was built with, so extending it needs no --model."""
+    from pathlib import Path
+
+    from indexes.manifest import MANIFEST_FILE, Manifest
+
+    if not (Path(index_dir) / MANIFEST_FILE).is_file():
+        return None
+    manifest = Manifest.load(Path(index_dir))
+    return manifest.model_source or manifest.model.name
+
+
+def _open_searcher(index_dir: str, model_name: str | None):
+    from indexes.collection import ImageIndex
+    from mmodal.model import MModalModel
+    from mmodal.search import Searcher
+
+    index = ImageIndex.open(index_dir)
+    model = MModalModel.from_pretrained(model_name or index.manifest.model_source or index.manifest.model.name)
+    return Searcher(model, index)
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+
+    from mmodal.search import Query, read_query_audio
+
+    query = Query(
+        text=args.text,
+        image=args.image,
+        audio=read_query_audio(args.audio) if args.audio else None,
+        negative=tuple(args.negative or ()),
+    )
+    searcher = _open_searcher(args.index, args.model)
+    results = searcher.search(query, k=args.k, rerank=args.rerank)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+        return 0
+    if not results:
+        print("no results: the index is empty")
+    for rank, r in enumerate(results, 1):
+        rerank = "" if r.rerank_score is None else f"  match {r.rerank_score:.3f}"
+        print(f"{rank:>3}  {r.embedding_score:+.3f}{rerank}  {r.path}")
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    import json
+
+    from indexes.collection import ImageIndex
+
+    with ImageIndex.open(args.index) as index:
+        groups = index.near_duplicates(args.threshold)
+    if args.json:
+        print(json.dumps([[p for item in group for p in item.paths] for group in groups], indent=2))
+        return 0
+    for group in groups:
+        print("\n".join(p for item in group for p in item.paths) + "\n")
+    print(f"{len(groups)} groups of near-duplicates (cosine similarity ≥ {args.threshold})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from indexes.collection import ImageIndex
+
+    with ImageIndex.open(args.index) as index:
+        stats = index.stats()
+        if args.skipped:
+            stats["skipped_files"] = [{"path": p, "reason": r} for p, r in index.store.skipped()]
+    if args.json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in stats.items():
+        if key != "skipped_files":
+            print(f"{key:>18}: {value}")
+    for entry in stats.get("skipped_files", []):
+        print(f"  skipped {entry['path']}: {entry['reason']}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -126,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=("default", "tiny"), help="model size")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--no-speech",
+        dest="speech",
+        action="store_const",
+        const=False,
+        help="do not train the audio tower (and generate no speech)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument(
         "--for-steps",
@@ -142,6 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=4242, help="seed of a generated test split (not a training seed)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=_eval)
+
+    index = commands.add_parser("index", help="add the images under folders to an index (resumable)")
+    index.add_argument("paths", nargs="*", help="folders or image files (default: the folders indexed before)")
+    index.add_argument("--index", required=True, help="index folder (created when missing)")
+    index.add_argument(
+        "--model", help="model folder or embedded model name (default: the index's model, else shapes)"
+    )
+    index.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=64)
+    index.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: cores - 1)")
+    index.add_argument(
+        "--factory", help="FAISS factory string, e.g. Flat, HNSW32,Flat or IVF1024,PQ16 (default: chosen by size)"
+    )
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    index.set_defaults(handler=_index)
+
+    search = commands.add_parser("search", help="search an index by text, example image or voice")
+    search.add_argument("text", nargs="?", help='what to look for, e.g. "a red circle left of a blue square"')
+    search.add_argument("--index", required=True, help="index folder")
+    search.add_argument("--image", help="an example image: find similar ones (combines with text)")
+    search.add_argument("--audio", help="a spoken query (WAV, FLAC or OGG)")
+    search.add_argument(
+        "--not", dest="negative", action="append", metavar="TEXT", help="push results away from this text (repeatable)"
+    )
+    search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    search.add_argument("--no-rerank", dest="rerank", action="store_false", help="rank by embedding similarity only")
+    search.add_argument("--model", help="model folder (default: the model that built the index)")
+    search.add_argument("--json", action="store_true", help='print [{"path", "score", ...}] as JSON')
+    search.set_defaults(handler=_search)
+
+    dedup = commands.add_parser("dedup", help="list groups of near-duplicate images in an index")
+    dedup.add_argument("--index", required=True, help="index folder")
+    dedup.add_argument("--threshold", type=float, default=0.98, help="cosine similarity to call a pair duplicates")
+    dedup.add_argument("--json", action="store_true", help="print the groups as JSON")
+    dedup.set_defaults(handler=_dedup)
+
+    info = commands.add_parser("info", help="show an index's size, model and structure")
+    info.add_argument("--index", required=True, help="index folder")
+    info.add_argument("--skipped", action="store_true", help="also list every skipped file and why")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_info)
     return parser
 
 
@@ -151,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it picked
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -158,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        log.error("interrupted; rerun the same command to start again")
+        log.error("interrupted; what was saved is kept: run the same command again to continue (add --resume to train)")
         return 130
     except (ValueError, OSError, RuntimeError) as e:
         log.error("%s", e)

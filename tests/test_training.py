@@ -128,3 +128,34 @@ def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_pa
     assert 0 <= report["moe"]["min_share_of_uniform"] <= 1
     if any(q.audio for q in read_dataset(shapes_test_dir).queries):
         assert 0 <= report["speech"]["p@10"] <= 1
+
+
+def test_cli_trains_and_evaluates(shapes_train_dir, shapes_test_dir, tmp_path, capsys):
+    from mmodal.cli import main
+
+    out = tmp_path / "cli-run"
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--data",
+        str(shapes_train_dir),
+        "--model",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--no-speech",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    assert f"model written to {(out / 'model').resolve()}" in capsys.readouterr().out
+    assert json.loads((out / "model" / "train_config.json").read_text())["speech"] is False
+    assert main(["eval", "--model", str(out / "model"), "--data", str(shapes_test_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 80 and "all" in report["search"]["reranked"]
+    assert main(["eval", "--model", str(out / "model"), str(out / "model"), "--data", str(shapes_test_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "search embedding P@10 all" in table and "foil color_swap reranked" in table

@@ -1,0 +1,247 @@
+"""An image index on disk: FAISS vectors, the metadata store and the manifest, kept consistent.
+
+Folder layout: ``manifest.json``, ``metadata.sqlite`` (items, files and vectors; the source of truth),
+``vectors.faiss`` (derived from the store) and ``.lock`` (held by the one process allowed to write).
+Writers commit batches to the store as they go and call :meth:`ImageIndex.sync` at the end, which
+brings the FAISS file level with the store and replaces it atomically. A crash before that leaves the
+previous FAISS file readable; the next writer finds the store ahead and catches up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexes import vectors
+from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError
+from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity, file_checksum
+from indexes.metadata import METADATA_FILE, ItemInfo, MetadataStore
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "vectors.faiss"
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: ItemInfo
+    score: float
+
+    @property
+    def path(self) -> str:
+        return self.item.paths[0]
+
+
+class ImageIndex:
+    def __init__(self, folder: Path, manifest: Manifest, store: MetadataStore, index: faiss.Index, lock=None):
+        self.folder = folder
+        self.manifest = manifest
+        self.store = store
+        self.index = index
+        self._lock = lock
+        self._search_index = None
+
+    # ------------------------------------------------------------------------------------------ opening
+
+    @classmethod
+    def open_for_writing(
+        cls, folder: str | os.PathLike, model: ModelIdentity, factory: str | None = None, model_source: str = ""
+    ):
+        """Opens the index in ``folder`` to add to it, creating it when absent; one writer at a time."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK_FILE, "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise IndexBusyError(f"another mmodal process is writing to {folder}; wait for it to finish") from None
+        try:
+            if (folder / MANIFEST_FILE).exists():
+                manifest = Manifest.load(folder)
+                manifest.check_model(model, folder)
+                if factory and factory != manifest.factory:
+                    manifest.factory, manifest.factory_chosen_by = factory, "user"
+            else:
+                manifest = Manifest(
+                    model=model,
+                    model_source=model_source,
+                    factory=factory or "Flat",
+                    factory_chosen_by="user" if factory else "size",
+                )
+            store = MetadataStore(folder / METADATA_FILE, model.dim)
+            index = _read_checked(folder, manifest, repair=True) or vectors.new_index(manifest.factory, model.dim)
+            if not (folder / MANIFEST_FILE).exists():
+                manifest.save(folder)
+        except BaseException:
+            lock.close()
+            raise
+        return cls(folder, manifest, store, index, lock)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, model: ModelIdentity | None = None) -> ImageIndex:
+        """Opens an index to search it; checks the model and the index file's checksum."""
+        folder = Path(folder)
+        if not (folder / MANIFEST_FILE).is_file():
+            raise IndexNotFoundError(
+                f"no mmodal index in {folder}: build one with `mmodal index PATH --index {folder}`"
+            )
+        manifest = Manifest.load(folder)
+        if model is not None:
+            manifest.check_model(model, folder)
+        index = _read_checked(folder, manifest, repair=False)
+        if index is None:
+            index = vectors.new_index(manifest.factory, manifest.model.dim)
+        store = MetadataStore(folder / METADATA_FILE, manifest.model.dim)
+        behind = store.count() - index.ntotal
+        if behind > 0:
+            log.warning(
+                "%d images are stored but not yet searchable (indexing stopped early); "
+                "run `mmodal index --index %s` to finish",
+                behind,
+                folder,
+            )
+        return cls(folder, manifest, store, index)
+
+    def close(self) -> None:
+        self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- writing
+
+    def sync(self) -> tuple[int, int]:
+        """Brings the FAISS file level with the store (re-choosing the structure as the collection grows)
+        and saves it and the manifest atomically. Returns (vectors added, vectors removed)."""
+        if self._lock is None:
+            raise IndexBusyError("this index was opened for searching; open it for writing to change it")
+        count = self.store.count()
+        wanted = self.manifest.factory
+        if self.manifest.factory_chosen_by == "size":
+            wanted = vectors.choose_factory(count, self.manifest.model.dim)
+        if (
+            wanted != self.manifest.factory
+            or not _same_structure(self.index, wanted)
+            or not self.index.index.is_trained  # IVF needs vectors to train on: build from the store
+        ):
+            log.info("building a %s index over %d images", wanted, count)
+            before = self.index.ntotal
+            self.index = vectors.build(wanted, self.store)
+            added, removed = max(0, count - before), max(0, before - count)
+        else:
+            self.index, added, removed = vectors.sync(self.index, self.store)
+        if added or removed or not (self.folder / INDEX_FILE).exists() or self.manifest.factory != wanted:
+            vectors.save(self.index, self.folder / INDEX_FILE)
+            self.manifest.factory = wanted
+            self.manifest.count = self.index.ntotal
+            self.manifest.index_checksum = file_checksum(self.folder / INDEX_FILE)
+            self.manifest.save(self.folder)
+        self._search_index = None
+        return added, removed
+
+    # ---------------------------------------------------------------------------------------- searching
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` images for each query vector (Q, D), best first; images gone from the store are dropped."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.shape[1] != self.manifest.model.dim:
+            raise ValueError(f"query vectors are {queries.shape[1]}-d; this index holds {self.manifest.model.dim}-d")
+        if self.index.ntotal == 0 or k < 1:
+            return [[] for _ in queries]
+        if self._search_index is None:
+            vectors.tune_for_search(self.index)
+            self._search_index = vectors.to_gpu(self.index)
+        scores, ids = self._search_index.search(queries, min(k, self.index.ntotal))
+        items = self.store.items({int(i) for i in ids.ravel() if i >= 0})
+        return [
+            [Hit(items[i], float(s)) for s, i in zip(row_scores, row_ids.tolist()) if i in items and items[i].paths]
+            for row_scores, row_ids in zip(scores, ids)
+        ]
+
+    def near_duplicates(self, threshold: float, neighbours: int = 10) -> list[list[ItemInfo]]:
+        """Groups of images whose embeddings are at least ``threshold`` cosine-similar (connected pairs)."""
+        parent: dict[int, int] = {}
+
+        def root(i: int) -> int:
+            while parent.get(i, i) != i:
+                i = parent[i]
+            return i
+
+        for ids, vecs in self.store.vectors():
+            scores, found = self.index.search(vecs, min(neighbours + 1, max(1, self.index.ntotal)))
+            for a, row_scores, row_ids in zip(ids, scores, found):
+                for s, b in zip(row_scores, row_ids):
+                    if b >= 0 and b != a and s >= threshold:
+                        ra, rb = root(int(a)), root(int(b))
+                        if ra != rb:
+                            parent[max(ra, rb)] = min(ra, rb)
+        groups: dict[int, list[int]] = {}
+        for i in parent:
+            groups.setdefault(root(i), []).append(i)
+        for r in list(groups):
+            if r not in groups[r]:
+                groups[r].append(r)
+        infos = self.store.items([i for members in groups.values() for i in members])
+        return [sorted((infos[i] for i in members if i in infos), key=lambda x: x.id) for members in groups.values()]
+
+    def stats(self) -> dict:
+        index_file = self.folder / INDEX_FILE
+        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {
+            "folder": str(self.folder),
+            "images": self.store.count(),
+            "files": self.store.file_count(),
+            "searchable": int(self.index.ntotal),
+            "skipped": len(self.store.skipped()),
+            "model": self.manifest.model.name,
+            "model_weights": self.manifest.model.weights_hash[:12],
+            "dim": self.manifest.model.dim,
+            "index_type": self.manifest.factory,
+            "bytes_on_disk": size,
+            "index_file_bytes": index_file.stat().st_size if index_file.exists() else 0,
+            "roots": self.store.roots(),
+        }
+
+
+def _read_checked(folder: Path, manifest: Manifest, repair: bool) -> faiss.Index | None:
+    """The FAISS file, verified against the manifest; None when there is none yet.
+
+    A writer (``repair``) answers a damaged file by rebuilding it from the store, which holds every vector.
+    """
+    path = folder / INDEX_FILE
+    if not path.exists():
+        if manifest.count and not repair:
+            raise IndexCorruptedError(f"{path} is missing; run `mmodal index --index {folder}` to rebuild it")
+        return None
+    if file_checksum(path) != manifest.index_checksum:
+        if repair:
+            log.warning("%s does not match its manifest's checksum; rebuilding it from the metadata store", path)
+            return None
+        raise IndexCorruptedError(
+            f"{path} is damaged (its checksum differs from the manifest's); "
+            f"run `mmodal index --index {folder}` to rebuild it from the metadata store"
+        )
+    return vectors.load(path)
+
+
+def _same_structure(index: faiss.Index, factory: str) -> bool:
+    inner = faiss.downcast_index(index.index)
+    if factory == "Flat":
+        return isinstance(inner, faiss.IndexFlat)
+    if factory.startswith("HNSW"):
+        return isinstance(inner, faiss.IndexHNSW)
+    return faiss.try_extract_index_ivf(inner) is not None

@@ -1,0 +1,71 @@
+"""The manifest beside an index: which model made its vectors, how it is built, and a checksum of its file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexes.atomic import write_bytes
+from indexes.errors import IndexCorruptedError, ModelMismatchError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The model whose embeddings fill an index; vectors from another model are meaningless to it."""
+
+    name: str
+    weights_hash: str
+    dim: int
+
+
+@dataclass
+class Manifest:
+    model: ModelIdentity
+    model_source: str = ""  # where the model was loaded from, so search can load it again unasked
+    metric: str = "inner_product"
+    factory: str = "Flat"  # FAISS factory string of the index behind the id map
+    factory_chosen_by: str = "size"  # "size" (re-chosen as the collection grows) or "user"
+    count: int = 0
+    index_checksum: str = ""  # blake2b of the index file
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        if data.get("format_version") != FORMAT_VERSION:
+            raise IndexCorruptedError(
+                f"{folder} has index format {data.get('format_version')}; this mmodal reads format {FORMAT_VERSION}. "
+                "Re-index the collection into a new folder."
+            )
+        data["model"] = ModelIdentity(**data["model"])
+        return cls(**data)
+
+    def save(self, folder: Path) -> None:
+        self.updated = time.time()
+        write_bytes(folder / MANIFEST_FILE, (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
+
+    def check_model(self, model: ModelIdentity, folder: Path) -> None:
+        if model != self.model:
+            raise ModelMismatchError(
+                f"the index in {folder} was built with model {self.model.name!r} "
+                f"(weights {self.model.weights_hash[:12]}, {self.model.dim}-d) but the model in use is "
+                f"{model.name!r} (weights {model.weights_hash[:12]}, "
+                f"{model.dim}-d). Search it with the model that built it, or index into a new folder."
+            )
+
+
+def file_checksum(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,151 @@
+"""The index layer on synthetic vectors: structure choice, add/remove by content, atomic saves, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexes import vectors
+from indexes.collection import INDEX_FILE, ImageIndex
+from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ModelMismatchError
+from indexes.manifest import Manifest, ModelIdentity
+from indexes.metadata import NewItem
+
+DIM = 16
+MODEL = ModelIdentity(name="test", weights_hash="ab" * 16, dim=DIM)
+
+
+def _unit(rng, n):
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _items(rng, n, start=0):
+    return [
+        NewItem(f"/photos/{i}.png", f"hash{i}", 100 + i, 1_000 + i, 64, 48, "PNG", v)
+        for i, v in zip(range(start, start + n), _unit(rng, n))
+    ]
+
+
+def test_structure_is_chosen_by_size_and_memory():
+    assert vectors.choose_factory(10_000, 128, memory=8 << 30) == "Flat"
+    assert vectors.choose_factory(1_000_000, 128, memory=8 << 30) == "HNSW32,Flat"
+    small_memory = vectors.choose_factory(1_000_000, 128, memory=512 << 20)
+    assert small_memory.startswith("IVF") and small_memory.endswith("PQ32")
+
+
+def test_exact_search_finds_each_vector_and_survives_reopening(tmp_path):
+    rng = np.random.default_rng(0)
+    items = _items(rng, 300)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        index.store.write_batch(items)
+        assert index.sync() == (300, 0)
+    with ImageIndex.open(tmp_path, MODEL) as index:
+        hits = index.search(np.stack([items[7].vector, items[123].vector]), k=3)
+        assert [h[0].path for h in hits] == ["/photos/7.png", "/photos/123.png"]
+        assert hits[0][0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[0][0].score >= hits[0][1].score >= hits[0][2].score
+        assert index.stats()["images"] == 300 and index.stats()["index_type"] == "Flat"
+
+
+def test_copies_share_an_item_and_removal_follows_the_last_copy(tmp_path):
+    rng = np.random.default_rng(1)
+    items = _items(rng, 5)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        store = index.store
+        store.write_batch(items)
+        item_id = store.item_for_hash("hash2")
+        store.write_batch(relinked=[("/backup/2.png", item_id, 102, 5)])  # a copy: no new vector
+        assert store.count() == 5 and store.file_count() == 6
+        assert store.remove_paths(["/photos/2.png"]) == 0  # the copy still holds the picture
+        assert store.remove_paths(["/backup/2.png"]) == 1
+        assert index.sync() == (4, 0)
+        hits = index.search(items[2].vector, k=5)[0]
+        assert "/photos/2.png" not in [h.path for h in hits] and len(hits) == 4
+
+
+def test_hnsw_index_rebuilds_to_drop_removed_vectors(tmp_path):
+    rng = np.random.default_rng(2)
+    items = _items(rng, 200)
+    with ImageIndex.open_for_writing(tmp_path, MODEL, factory="HNSW16,Flat") as index:
+        index.store.write_batch(items)
+        index.sync()
+        index.store.remove_paths([i.path for i in items[:50]])
+        assert index.sync() == (0, 50)
+        assert index.index.ntotal == 150
+        assert index.manifest.factory == "HNSW16,Flat" and index.manifest.factory_chosen_by == "user"
+        top = index.search(items[100].vector, k=1)[0][0]
+        assert top.path == "/photos/100.png"
+
+
+def test_ivf_pq_trains_on_the_stored_vectors(tmp_path):
+    rng = np.random.default_rng(3)
+    items = _items(rng, 2000)
+    with ImageIndex.open_for_writing(tmp_path, MODEL, factory="IVF16,PQ4x4") as index:
+        index.store.write_batch(items)
+        index.sync()
+        found = [index.search(items[i].vector, k=10)[0] for i in range(0, 2000, 100)]
+    recall = np.mean([items[i * 100].path in [h.path for h in hits] for i, hits in enumerate(found)])
+    assert recall >= 0.8
+
+
+def test_other_models_are_refused(tmp_path):
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        index.store.write_batch(_items(np.random.default_rng(4), 3))
+        index.sync()
+    other = ModelIdentity(name="test", weights_hash="cd" * 16, dim=DIM)
+    with pytest.raises(ModelMismatchError, match="built with model 'test'"):
+        ImageIndex.open(tmp_path, other)
+    with pytest.raises(ModelMismatchError):
+        ImageIndex.open_for_writing(tmp_path, other)
+
+
+def test_a_damaged_index_file_is_detected_and_rebuilt_by_a_writer(tmp_path):
+    rng = np.random.default_rng(5)
+    items = _items(rng, 50)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        index.store.write_batch(items)
+        index.sync()
+    data = bytearray((tmp_path / INDEX_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / INDEX_FILE).write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptedError, match="mmodal index --index"):
+        ImageIndex.open(tmp_path)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        index.sync()
+    with ImageIndex.open(tmp_path) as index:
+        assert index.search(items[9].vector, k=1)[0][0].path == "/photos/9.png"
+
+
+def test_a_store_ahead_of_the_index_file_is_caught_up(tmp_path):
+    """What a crash between committing a batch and saving the FAISS file leaves behind."""
+    rng = np.random.default_rng(6)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        index.store.write_batch(_items(rng, 10))
+        index.sync()
+        index.store.write_batch(_items(rng, 10, start=10))  # no sync: the "crash"
+    with ImageIndex.open(tmp_path) as index:
+        assert index.index.ntotal == 10 and index.store.count() == 20
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        assert index.sync() == (10, 0)
+    assert Manifest.load(tmp_path).count == 20
+
+
+def test_one_writer_at_a_time_and_a_clear_message_for_a_missing_index(tmp_path):
+    with ImageIndex.open_for_writing(tmp_path, MODEL):
+        with pytest.raises(IndexBusyError, match="another mmodal process"):
+            ImageIndex.open_for_writing(tmp_path, MODEL)
+    with pytest.raises(IndexNotFoundError, match="mmodal index PATH"):
+        ImageIndex.open(tmp_path / "nothing")
+
+
+def test_near_duplicates_are_grouped(tmp_path):
+    rng = np.random.default_rng(7)
+    items = _items(rng, 20)
+    twin = items[3].vector + 0.01 * _unit(rng, 1)[0]
+    items.append(NewItem("/photos/3-small.jpg", "hash-twin", 10, 1, 32, 24, "JPEG", twin / np.linalg.norm(twin)))
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        index.store.write_batch(items)
+        index.sync()
+        groups = index.near_duplicates(threshold=0.98)
+    assert [[p for item in g for p in item.paths] for g in groups] == [["/photos/3.png", "/photos/3-small.jpg"]]
