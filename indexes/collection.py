@@ -59,8 +59,10 @@ class ImageIndex:
         folder.mkdir(parents=True, exist_ok=True)
         lock = open(folder / LOCK_FILE, "w")
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock belongs to this process alone: forked workers do not inherit it, and it
+            # goes when the process dies, however it dies.
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             lock.close()
             raise IndexBusyError(f"another mmodal process is writing to {folder}; wait for it to finish") from None
         try:
@@ -165,7 +167,7 @@ class ImageIndex:
         if self._search_index is None:
             vectors.tune_for_search(self.index)
             self._search_index = vectors.to_gpu(self.index)
-        scores, ids = self._search_index.search(queries, min(k, self.index.ntotal))
+        scores, ids = _search(self._search_index, queries, min(k, self.index.ntotal))
         items = self.store.items({int(i) for i in ids.ravel() if i >= 0})
         return [
             [Hit(items[i], float(s)) for s, i in zip(row_scores, row_ids.tolist()) if i in items and items[i].paths]
@@ -215,6 +217,22 @@ class ImageIndex:
             "index_file_bytes": index_file.stat().st_size if index_file.exists() else 0,
             "roots": self.store.roots(),
         }
+
+
+FEW_QUERIES = 8
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A few queries run on one thread: OpenMP's fork-join costs more than it saves for them, and far more
+    when other work (the model) holds the cores. Batches keep every thread."""
+    if len(queries) >= FEW_QUERIES:
+        return index.search(queries, k)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _read_checked(folder: Path, manifest: Manifest, repair: bool) -> faiss.Index | None:

@@ -140,6 +140,33 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(args: argparse.Namespace) -> int:
+    import json
+
+    from mmodal.data.images import ImageSkipped, read_image
+    from mmodal.explain import save_heatmap
+    from mmodal.model import DEFAULT_MODEL, MModalModel
+
+    try:
+        image = read_image(args.image).image
+    except ImageSkipped as skipped:
+        raise ValueError(f"cannot answer about {args.image}: {skipped.reason}") from None
+    model = MModalModel.from_pretrained(args.model or DEFAULT_MODEL)
+    answer = model.ask([image], [args.question], alternatives=args.alternatives)[0]
+    if args.explain:
+        save_heatmap(image, answer.attention, args.explain)
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+    else:
+        others = ", ".join(f"{a} ({c:.0%})" for a, c in answer.alternatives)
+        print(
+            f"{answer.answer}  (confidence {answer.confidence:.0%})" + (f"; other answers: {others}" if others else "")
+        )
+    if args.explain:
+        print(f"answer map written to {args.explain}", file=sys.stderr)
+    return 0
+
+
 def _dedup(args: argparse.Namespace) -> int:
     import json
 
@@ -218,7 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_positive_int)
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
     train.add_argument("--lr", type=float)
-    train.add_argument("--recipe", choices=("full", "clip"), help="full (default) or the plain-InfoNCE CLIP baseline")
+    train.add_argument(
+        "--recipe",
+        choices=("full", "clip", "vqa"),
+        help="full (default), the plain-InfoNCE CLIP baseline, or vqa: answers only, on --data or VQAv2 files",
+    )
+    train.add_argument("--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe vqa)")
+    train.add_argument("--vqa-annotations", dest="vqa_annotations", help="VQAv2 annotations JSON")
+    train.add_argument("--vqa-images", dest="vqa_images", help="folder of the VQAv2 images")
     train.add_argument("--model", choices=("default", "tiny"), help="model size")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int)
@@ -228,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         help="do not train the audio tower (and generate no speech)",
+    )
+    train.add_argument(
+        "--init-from", dest="init_from", help="start from this model folder's weights instead of from scratch"
     )
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument(
@@ -249,11 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="add the images under folders to an index (resumable)")
     index.add_argument("paths", nargs="*", help="folders or image files (default: the folders indexed before)")
     index.add_argument("--index", required=True, help="index folder (created when missing)")
-    index.add_argument(
-        "--model", help="model folder or embedded model name (default: the index's model, else shapes)"
-    )
+    index.add_argument("--model", help="model folder or embedded model name (default: the index's model, else shapes)")
     index.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=64)
-    index.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: cores - 1)")
+    index.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: one per core)")
     index.add_argument(
         "--factory", help="FAISS factory string, e.g. Flat, HNSW32,Flat or IVF1024,PQ16 (default: chosen by size)"
     )
@@ -273,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", help="model folder (default: the model that built the index)")
     search.add_argument("--json", action="store_true", help='print [{"path", "score", ...}] as JSON')
     search.set_defaults(handler=_search)
+
+    ask = commands.add_parser("ask", help="answer a question about an image")
+    ask.add_argument("image", help="image file")
+    ask.add_argument("question", help='e.g. "what color is the large star?"')
+    ask.add_argument("--model", help="model folder or embedded model name (default: shapes)")
+    ask.add_argument("--alternatives", type=int, default=3, help="other answers to list (default 3)")
+    ask.add_argument("--explain", metavar="OUT.png", help="write the answer map: where the question looked")
+    ask.add_argument("--json", action="store_true", help='print {"answer", "confidence", "alternatives"}')
+    ask.set_defaults(handler=_ask)
 
     dedup = commands.add_parser("dedup", help="list groups of near-duplicate images in an index")
     dedup.add_argument("--index", required=True, help="index folder")

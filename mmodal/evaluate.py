@@ -127,12 +127,56 @@ def evaluate(model: MModalModel, dataset: Dataset, batch_size: int = 128, rerank
     spoken = [q for q in dataset.queries if q.audio]
     if spoken:
         result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size)
+    if dataset.questions:
+        result["vqa"] = evaluate_vqa(model, dataset)
     counts = torch.stack(routed).sum(dim=0)  # (layers, experts)
     share = counts / counts.sum(dim=1, keepdim=True)
     result["moe"] = {
         "expert_share_per_layer": [[round(float(x), 4) for x in layer] for layer in share],
         "min_share_of_uniform": round(float(share.min() * share.shape[1]), 4),
     }
+    return result
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Mean gap between confidence and accuracy over equal-width confidence bins, weighted by bin size."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidences, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            gap += in_bin.mean() * abs(confidences[in_bin].mean() - correct[in_bin].mean())
+    return float(gap)
+
+
+def evaluate_vqa(model: MModalModel, dataset: Dataset, batch_size: int = 64, max_questions: int = 2000) -> dict:
+    """Exact-match accuracy per question type, on seen and held-out colour–shape pairs, and calibration."""
+    from mmodal.shapes.semantics import SpecError, normalize_answer, parse_question
+
+    questions = dataset.questions
+    if len(questions) > max_questions:  # an even spread keeps every type and image represented
+        questions = [questions[i] for i in np.linspace(0, len(questions) - 1, max_questions).astype(int)]
+    images = dataset.images_by_id()
+    records = []
+    for chunk in tqdm(list(_chunks(questions, batch_size)), desc="vqa", unit="batch", leave=False):
+        pictures = [Image.open(dataset.image_path(images[q.image_id])) for q in chunk]
+        for q, a in zip(chunk, model.ask(pictures, [q.question for q in chunk], alternatives=2)):
+            try:
+                held_out = parse_question(q.question).held_out
+            except SpecError:
+                held_out = False
+            right = normalize_answer(a.answer) == normalize_answer(q.answer)
+            records.append((q.type or "other", held_out, right, a.confidence))
+    correct = np.array([r[2] for r in records], dtype=float)
+    confidence = np.array([r[3] for r in records], dtype=float)
+    result: dict = {"all": {"accuracy": round(float(correct.mean()), 4), "n": len(records)}}
+    for split, held in (("seen", False), ("held_out", True)):
+        for qtype in sorted({r[0] for r in records}):
+            rows = [r[2] for r in records if r[0] == qtype and r[1] == held]
+            if rows:
+                result.setdefault(split, {})[qtype] = {"accuracy": round(float(np.mean(rows)), 4), "n": len(rows)}
+    result["ece"] = round(expected_calibration_error(confidence, correct), 4)
     return result
 
 
@@ -187,6 +231,20 @@ def format_report(report: dict[str, dict]) -> str:
             rows.append((f"foil {kind} {stage}", [f"{r['foils'][kind][stage]:.3f}" for r in report.values()]))
     if "speech" in first:
         rows.append(("speech P@10", [f"{r['speech']['p@10']:.3f}" for r in report.values()]))
+    if "vqa" in first:
+        rows.append(("vqa accuracy all", [f"{r['vqa']['all']['accuracy']:.3f}" for r in report.values()]))
+        for split in ("seen", "held_out"):
+            for qtype in first["vqa"].get(split, {}):
+                rows.append(
+                    (
+                        f"vqa {split} {qtype}",
+                        [
+                            f"{r['vqa'].get(split, {}).get(qtype, {}).get('accuracy', float('nan')):.3f}"
+                            for r in report.values()
+                        ],
+                    )
+                )
+        rows.append(("vqa expected calibration error", [f"{r['vqa']['ece']:.3f}" for r in report.values()]))
     rows.append(
         ("MoE min expert share / uniform", [f"{r['moe']['min_share_of_uniform']:.2f}" for r in report.values()])
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from encoders.image import SwinImageEncoder, preprocess_image
 from encoders.language import MoEConfig, MoELanguageModel
 from fusion.adapters import Adapter
 from fusion.early import EarlyFusion, MatchingHead
+from fusion.vqa import AnswerPrefix
 from mmodal.config import ModelConfig
 from mmodal.fileio import default_file_mode
 from mmodal.shapes.semantics import COLORS, SHAPES, SIZES
@@ -34,7 +36,23 @@ EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the 
 DEFAULT_MODEL = "shapes"
 MAX_TEXT_CHARS = 1000
 # Per-patch targets: each attribute plus "no object centred here".
+MAX_ANSWER_TOKENS = 8
 PATCH_CLASSES = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1}
+
+
+@dataclass
+class Answer:
+    answer: str
+    confidence: float
+    alternatives: list[tuple[str, float]]
+    attention: np.ndarray  # (grid, grid) where the question looked in the letterboxed image
+
+    def to_dict(self) -> dict:
+        return {
+            "answer": self.answer,
+            "confidence": round(self.confidence, 6),
+            "alternatives": [{"answer": a, "confidence": round(c, 6)} for a, c in self.alternatives],
+        }
 
 
 class MModalModel(nn.Module):
@@ -72,6 +90,7 @@ class MModalModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         self.early_fusion = EarlyFusion(config.fusion, config.image.out_dim, t.hidden_size, config.image.grid**2)
         self.matching_head = MatchingHead(config.fusion)
+        self.answer_prefix = AnswerPrefix(config.fusion.width, t.hidden_size)
         self.patch_heads = nn.ModuleDict({k: nn.Linear(config.image.out_dim, n) for k, n in PATCH_CLASSES.items()})
 
     @property
@@ -149,6 +168,35 @@ class MModalModel(nn.Module):
         fused_text, fused_image = self.early_fusion(image_tokens, text_tokens, text_mask)
         return self.matching_head(fused_text, text_mask, fused_image, late_image, late_text)
 
+    def answer_prefix_for(
+        self, image_tokens: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor, keep_weights=False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Early fusion of image and question → the language core's prefix, its mask and the MoE aux loss."""
+        question_tokens, aux = self.text_tokens(question_ids, question_mask)
+        fused_text, fused_image = self.early_fusion(image_tokens, question_tokens, question_mask, keep_weights)
+        prefix, prefix_mask = self.answer_prefix(fused_image, fused_text, question_mask)
+        return prefix, prefix_mask, aux
+
+    def answer_loss(
+        self,
+        image_tokens: torch.Tensor,
+        question_ids: torch.Tensor,
+        question_mask: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix language modelling: cross-entropy of the answer tokens after the fused prefix (and MoE aux)."""
+        prefix, prefix_mask, aux = self.answer_prefix_for(image_tokens, question_ids, question_mask)
+        out = self.language(
+            input_ids=answer_ids,
+            attention_mask=answer_mask,
+            prefix_embeds=prefix,
+            prefix_mask=prefix_mask,
+            labels=answer_ids.masked_fill(answer_mask == 0, -100),
+            causal=True,
+        )
+        return out.loss, aux + out.aux_loss
+
     # --------------------------------------------------------------------------------------- public API
 
     @torch.inference_mode()
@@ -185,6 +233,66 @@ class MModalModel(nn.Module):
         late_text = self.embed_text_tokens(text_tokens, mask)
         return torch.sigmoid(self.match_tokens(image_tokens, text_tokens, mask, late_image, late_text))
 
+    @torch.inference_mode()
+    def ask(
+        self, images: Sequence[Image.Image] | torch.Tensor, questions: Sequence[str], alternatives: int = 3
+    ) -> list[Answer]:
+        """Answers each question about its image: beam search over the language core after the fused prefix.
+
+        ``confidence`` is the model's probability of the whole answer; ``alternatives`` are the next beams.
+        The answer map is the last modal-attention layer's question-to-patch attention, (grid, grid).
+        """
+        pixels = images.to(self.device) if torch.is_tensor(images) else self.preprocess_images(images)
+        if len(pixels) != len(questions):
+            raise TowerInputError(f"ask() pairs images with questions: got {len(pixels)} and {len(questions)}")
+        ids, mask = self.tokenize(questions)
+        prefix, prefix_mask, _ = self.answer_prefix_for(self.image_tokens(pixels), ids, mask, keep_weights=True)
+        attention = self.early_fusion.attention_map()  # (B, T, N)
+        weights = mask.unsqueeze(-1).to(attention.dtype)
+        grid = self.config.image.grid
+        maps = ((attention * weights).sum(1) / weights.sum(1).clamp_min(1)).view(-1, grid, grid)
+        beams = max(1, alternatives + 1)
+        start = torch.full((len(pixels), 1), self.tokenizer.bos_token_id, device=self.device)
+        out = self.language.generate(
+            input_ids=start,
+            prefix_embeds=prefix,
+            prefix_mask=prefix_mask,
+            max_new_tokens=MAX_ANSWER_TOKENS,
+            num_beams=beams,
+            num_return_sequences=beams,
+            do_sample=False,
+            length_penalty=0.0,  # scores are plain log-probabilities of the whole answer
+            early_stopping=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+            use_cache=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+        scores = out.sequences_scores.exp().tolist() if beams > 1 else None
+        answers = []
+        for b in range(len(pixels)):
+            rows = range(b * beams, (b + 1) * beams)
+            if scores is None:
+                probability = self._sequence_probability(prefix[b : b + 1], prefix_mask[b : b + 1], out.sequences[b])
+                ranked = [(texts[b].strip(), probability)]
+            else:
+                ranked = []
+                for r in rows:
+                    if texts[r].strip() not in [t for t, _ in ranked]:
+                        ranked.append((texts[r].strip(), scores[r]))
+            best, confidence = ranked[0]
+            answers.append(Answer(best, confidence, ranked[1:], maps[b].float().cpu().numpy()))
+        return answers
+
+    def _sequence_probability(self, prefix, prefix_mask, sequence) -> float:
+        ids = sequence.unsqueeze(0)
+        logits = self.language(input_ids=ids, prefix_embeds=prefix, prefix_mask=prefix_mask).logits
+        logp = torch.log_softmax(logits[0, :-1].float(), dim=-1).gather(1, ids[0, 1:, None]).squeeze(1)
+        keep = ids[0, 1:] != self.tokenizer.pad_token_id
+        return float(logp[keep].sum().exp())
+
     # ------------------------------------------------------------------------------------- checkpoints
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -199,8 +307,13 @@ class MModalModel(nn.Module):
         os.replace(tmp, folder / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> MModalModel:
-        """Loads a model folder, or a model shipped with mmodal by name ("shapes"), strictly."""
+    def from_pretrained(
+        cls, folder: str | os.PathLike, device: str | torch.device = "cpu", allow_new_modules: bool = False
+    ) -> MModalModel:
+        """Loads a model folder, or a model shipped with mmodal by name ("shapes"), strictly.
+
+        ``allow_new_modules`` (for training only) lets modules the checkpoint predates start from scratch.
+        """
         source = str(folder)
         folder = resolve_model_path(folder)
         weights = folder / WEIGHTS_FILE
@@ -210,6 +323,9 @@ class MModalModel(nn.Module):
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         model = cls(config, tokenizer)
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
+        if allow_new_modules and missing and not unexpected:
+            log.warning("%s lacks %d tensors (%s…); they start fresh", weights, len(missing), sorted(missing)[0])
+            missing = []
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not fit its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"

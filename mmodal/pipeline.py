@@ -26,14 +26,14 @@ from encoders.image import normalize_pixels
 from indexes.collection import ImageIndex
 from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
-from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
+from mmodal.data.decode import DecodedFile, SkippedFile, decode_files, start_worker
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
 from mmodal.model import MModalModel
 
 log = logging.getLogger(__name__)
 
 FILES_PER_TASK = 16  # files a worker decodes per task: enough to amortise the inter-process hop
-TASKS_IN_FLIGHT_PER_WORKER = 4  # bounds memory: decoded images wait for the encoder in at most this many tasks
+BATCHES_AHEAD = 4  # decoded batches that may wait for the encoder: keeps workers busy while it runs, bounds memory
 
 
 @dataclass
@@ -83,8 +83,8 @@ def model_identity(model: MModalModel) -> ModelIdentity:
 
 
 def default_workers() -> int:
-    """Decoding workers: one per core beyond the one the encoder needs, at least one."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    """Decoding workers: one per core; they sleep while the encoder runs, and a deep queue keeps it fed."""
+    return os.cpu_count() or 1
 
 
 def index_collection(
@@ -159,9 +159,12 @@ def _encode_files(
     if not paths:
         return
     image_size = model.config.image.image_size
-    # Workers never touch torch; forkserver keeps them from inheriting the encoder's threads and memory.
+    # Forking a process that runs torch threads can deadlock the child; a fork server starts clean
+    # workers that import only Pillow and numpy (and the main module, which the CLI keeps light).
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["mmodal.data.decode"])
     progress = tqdm(total=len(paths), desc="indexing", unit="img", disable=not show_progress or None, smoothing=0.1)
     to_encode: list[DecodedFile] = []
     relinked: list[tuple[str, int, int, int]] = []
@@ -188,12 +191,13 @@ def _encode_files(
         relinked.clear()
         skipped.clear()
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(os.getpid(),)) as pool:
         tasks = _chunks(paths, FILES_PER_TASK)
         in_flight: deque = deque()
+        limit = workers + BATCHES_AHEAD * -(-batch_size // FILES_PER_TASK)
         try:
             while True:
-                while len(in_flight) < workers * TASKS_IN_FLIGHT_PER_WORKER and (chunk := next(tasks, None)):
+                while len(in_flight) < limit and (chunk := next(tasks, None)):
                     in_flight.append(pool.submit(decode_files, chunk, image_size))
                 if not in_flight:
                     break

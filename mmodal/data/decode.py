@@ -5,6 +5,10 @@ It imports no torch, so workers start in a fraction of a second and stay small.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,18 @@ class SkippedFile:
     reason: str
     size: int
     mtime_ns: int
+
+
+def start_worker(indexer_pid: int) -> None:
+    """Runs first in each decoding worker: it dies with its parent (the indexer or its fork server, which
+    itself ends with the indexer), even when the indexer is killed -9."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:
+        os.kill(indexer_pid, 0)
+    except ProcessLookupError:  # the indexer died before the line above took effect
+        os._exit(1)
 
 
 def decode_files(paths: list[str], image_size: int, max_pixels: int = MAX_PIXELS) -> list[DecodedFile | SkippedFile]:

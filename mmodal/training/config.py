@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-RECIPES = ("full", "clip")
+RECIPES = ("full", "clip", "vqa")
 
 
 @dataclass
@@ -18,7 +18,9 @@ class TrainConfig:
     n_images: int = 12000  # images to generate when the dataset folder is missing
     speech: bool = True  # train the audio tower on spoken queries
     seed: int = 0
-    recipe: str = "full"  # "full": multi-positive texts, mined and foil negatives, matcher; "clip": plain InfoNCE
+    # "full": multi-positive texts, mined and foil negatives, matcher, answers; "clip": plain InfoNCE;
+    # "vqa": answers only, on the questions of --data or of VQAv2 files (vqa_questions/annotations/images)
+    recipe: str = "full"
     model: str = "default"  # model size: "default" or "tiny"
     steps: int = 1200
     batch_size: int = 128
@@ -30,6 +32,12 @@ class TrainConfig:
     matching_loss_weight: float = 1.0  # early-fusion matcher on mined and foil negatives
     matching_pairs_per_kind: int = 48  # matcher pairs per step of each kind: positive, hard text, hard image, foil
     audio_loss_weight: float = 1.0
+    vqa_loss_weight: float = 1.0  # prefix language modelling of answers to the spec's questions
+    vqa_per_step: int = 64  # question–answer pairs per step (one per image, asked of the image as seen)
+    vqa_questions: str | None = None  # VQAv2 questions JSON (recipe "vqa")
+    vqa_annotations: str | None = None  # VQAv2 annotations JSON
+    vqa_images: str | None = None  # folder of the VQAv2 images
+    init_from: str | None = None  # start from this model folder's weights (modules it lacks start fresh)
     foil_loss_weight: float = 0.5  # foils as extra text negatives in the image→text direction
     mine_every: int = 200  # steps between refreshes of model-mined hard negatives
     mined_per_batch: int = 16  # images from the mined bank added to each batch

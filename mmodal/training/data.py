@@ -37,6 +37,7 @@ class Batch:
     foils: list[str | None]  # a false text per image, or None
     patch_targets: dict[str, torch.Tensor]  # each (B, g*g) class ids (last class: no object)
     scenes: list[Scene]  # scene graphs as seen (after flips)
+    questions: list[tuple[str, str] | None]  # a (question, answer) true of each image as seen, or None
 
 
 def _letterbox_frame(scene: Scene, size: int) -> tuple[float, float, float, float]:
@@ -142,7 +143,16 @@ class ShapesTrainingData:
             foils=foils,
             patch_targets=self.patch_targets(indices, scenes),
             scenes=scenes,
+            questions=[self._question(sc, rng) for sc in scenes] if recipe == "full" else [None] * len(scenes),
         )
+
+    @staticmethod
+    def _question(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
+        asked = world.questions(scene, rng, split="train")
+        if not asked:
+            return None
+        question, answer = asked[int(rng.integers(len(asked)))]
+        return question.text(), answer
 
     @staticmethod
     def _foil(scene: Scene, rng: np.random.Generator) -> str | None:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from encoders.tokenizer import build_tokenizer
 from mmodal.config import ModelConfig, tiny_config
 from mmodal.data.dataset import DatasetFormatError, read_dataset
+from mmodal.data.vqa import read_vqa
 from mmodal.model import MModalModel
 from mmodal.shapes.generate import generate_shapes
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
@@ -23,6 +24,7 @@ from mmodal.training.config import TrainConfig
 from mmodal.training.data import Batch, ShapesTrainingData
 from mmodal.training.losses import hardest_negatives, multi_positive_nce, patch_loss, symmetric_nce
 from mmodal.training.mining import NeighbourBank
+from mmodal.training.vqa_data import QuestionAnswerData
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,12 @@ def tokenizer_corpus(dataset) -> list[str]:
 
 def ensure_dataset(config: TrainConfig):
     """Reads the training split, generating it first when the folder holds none."""
+    if config.recipe == "vqa":
+        if config.vqa_questions or config.vqa_annotations or config.vqa_images:
+            if not (config.vqa_questions and config.vqa_annotations and config.vqa_images):
+                raise ValueError("VQAv2 data needs all three of --vqa-questions, --vqa-annotations and --vqa-images")
+            return read_vqa(config.vqa_questions, config.vqa_annotations, config.vqa_images)
+        return read_dataset(config.data)
     folder = Path(config.data)
     if not (folder / "dataset.json").is_file():
         log.info("no training data in %s: generating %d Shapes images", folder, config.n_images)
@@ -108,6 +116,14 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
             n,
             config.matching_pairs_per_kind,
         )
+    qa_rows = [i for i, qa in enumerate(batch.questions) if qa][: config.vqa_per_step] if full else []
+    if qa_rows and config.vqa_loss_weight > 0:
+        q_ids, q_mask = model.tokenize([batch.questions[i][0] for i in qa_rows])
+        a_ids, a_mask = model.tokenize([batch.questions[i][1] for i in qa_rows])
+        rows = torch.tensor(qa_rows, device=device)
+        vqa, vqa_aux = model.answer_loss(image_tokens[rows], q_ids, q_mask, a_ids, a_mask)
+        losses["vqa"] = config.vqa_loss_weight * vqa
+        losses["moe"] = losses["moe"] + vqa_aux
     if clips:
         waves, lengths = model.preprocess_audio(clips)
         audio_emb = model.embed_audio(waves, lengths)  # (A, D)
@@ -126,6 +142,14 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
             loss = loss + multi_positive_nce(scale * audio_emb @ image_emb.detach().t(), scenes_ok)
         losses["audio"] = config.audio_loss_weight * loss
     return losses
+
+
+def answer_losses(model: MModalModel, pixels: torch.Tensor, questions, answers, config: TrainConfig) -> dict:
+    """The "vqa" recipe's step: prefix language modelling of the answers, plus the MoE balance loss."""
+    q_ids, q_mask = model.tokenize(questions)
+    a_ids, a_mask = model.tokenize(answers)
+    loss, aux = model.answer_loss(model.image_tokens(pixels), q_ids, q_mask, a_ids, a_mask)
+    return {"vqa": config.vqa_loss_weight * loss, "moe": aux}
 
 
 def _matching_loss(
@@ -155,8 +179,11 @@ def _matching_loss(
 
 
 def build_model(config: TrainConfig, dataset) -> MModalModel:
+    if config.init_from:
+        return MModalModel.from_pretrained(config.init_from, allow_new_modules=True)
     model_config = tiny_config() if config.model == "tiny" else ModelConfig()
-    tokenizer = build_tokenizer(tokenizer_corpus(dataset), vocab_size=model_config.text.vocab_size)
+    corpus = [f"{q.question} {q.answer}" for q in dataset.questions] if config.recipe == "vqa" else None
+    tokenizer = build_tokenizer(corpus or tokenizer_corpus(dataset), vocab_size=model_config.text.vocab_size)
     return MModalModel(model_config, tokenizer)
 
 
@@ -179,7 +206,10 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
         log.warning("no checkpoint in %s: starting from scratch", run)
     model = MModalModel.from_pretrained(checkpoint, device) if checkpoint else build_model(config, dataset).to(device)
     model.train()
-    data = ShapesTrainingData(dataset, model.config.image.image_size, model.config.image.grid)
+    if config.recipe == "vqa":
+        data = QuestionAnswerData(dataset, model.config.image.image_size)
+    else:
+        data = ShapesTrainingData(dataset, model.config.image.image_size, model.config.image.grid)
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embed" not in name]
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in name)]
     optimizer = torch.optim.AdamW(
@@ -202,17 +232,24 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     stop_at = min(config.steps, step + for_steps) if for_steps else config.steps
     with tqdm(total=config.steps, initial=step, desc=f"train {config.recipe}", unit="step") as bar:
         while step < stop_at:
-            if config.recipe == "full" and config.mine_every and step % config.mine_every == 0 and step > 0:
-                bank.refresh(model, data, rng)
-            mined = bank.sample(config.mined_per_batch, rng) if config.recipe == "full" else np.zeros(0, dtype=np.int64)
-            fresh = rng.choice(len(data), size=config.batch_size - len(mined), replace=False)
-            batch = data.batch(np.concatenate([fresh, mined]), rng, config.recipe)
-            audio = None
-            if data.spoken and config.speech:
-                picks, clips = data.audio_batch(config.audio_batch_size, rng)
-                audio = (picks, clips, [data.spoken_statements[p] for p in picks])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = compute_losses(model, batch, audio, config)
+            if config.recipe == "vqa":
+                pixels, questions, answers = data.batch(config.batch_size, rng)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = answer_losses(model, pixels.to(device), questions, answers, config)
+                samples += len(questions)
+            else:
+                if config.recipe == "full" and config.mine_every and step % config.mine_every == 0 and step > 0:
+                    bank.refresh(model, data, rng)
+                mined = bank.sample(config.mined_per_batch, rng) if config.recipe == "full" else np.zeros(0, np.int64)
+                fresh = rng.choice(len(data), size=config.batch_size - len(mined), replace=False)
+                batch = data.batch(np.concatenate([fresh, mined]), rng, config.recipe)
+                audio = None
+                if data.spoken and config.speech:
+                    picks, clips = data.audio_batch(config.audio_batch_size, rng)
+                    audio = (picks, clips, [data.spoken_statements[p] for p in picks])
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = compute_losses(model, batch, audio, config)
+                samples += len(batch.texts)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -220,7 +257,6 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
             optimizer.step()
             scheduler.step()
             step += 1
-            samples += len(batch.texts)
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 rate = samples / (time.time() - started)

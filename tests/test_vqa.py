@@ -1,0 +1,127 @@
+"""Visual question answering: the fused prefix, the MoE core as decoder, confidence, answer maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoders.errors import TowerInputError
+from encoders.tokenizer import build_tokenizer
+from mmodal.cli import main
+from mmodal.config import tiny_config
+from mmodal.evaluate import expected_calibration_error
+from mmodal.model import MModalModel
+
+COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 230), "green": (40, 180, 60), "white": (245, 245, 245)}
+QUESTION = "what color is the square?"
+
+
+def _picture(colour: tuple[int, int, int], size=(48, 40)) -> Image.Image:
+    image = Image.new("RGB", size, (20, 20, 20))
+    image.paste(colour, (10, 8, 30, 28))
+    return image
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model taught to name the square's colour in four pictures."""
+    torch.manual_seed(0)
+    corpus = [f"{QUESTION} {c}" for c in COLOURS] * 30 + ["is there a star? yes no"] * 10
+    model = MModalModel(tiny_config(), build_tokenizer(corpus, vocab_size=300))
+    images = [_picture(c) for c in COLOURS.values()]
+    pixels = model.preprocess_images(images)
+    q_ids, q_mask = model.tokenize([QUESTION] * len(images))
+    a_ids, a_mask = model.tokenize(list(COLOURS))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(150):
+        loss, aux = model.answer_loss(model.image_tokens(pixels), q_ids, q_mask, a_ids, a_mask)
+        optimizer.zero_grad()
+        (loss + aux).backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return model, images, losses
+
+
+def test_a_tiny_model_overfits_a_handful_of_questions(trained):
+    model, images, losses = trained
+    assert losses[-1] < 0.1 * losses[0]
+    answers = model.ask(images, [QUESTION] * len(images))
+    assert [a.answer for a in answers] == list(COLOURS)
+    assert all(0.5 < a.confidence <= 1.0 for a in answers)
+    for a in answers:
+        assert all(0 <= c <= a.confidence for _, c in a.alternatives)
+        assert a.answer not in [alt for alt, _ in a.alternatives]
+        assert a.attention.shape == (model.config.image.grid,) * 2 and np.isfinite(a.attention).all()
+
+
+def test_generation_is_deterministic(trained):
+    model, images, _ = trained
+    first = [a.to_dict() for a in model.ask(images, [QUESTION] * len(images))]
+    second = [a.to_dict() for a in model.ask(images, [QUESTION] * len(images))]
+    assert first == second
+
+
+def test_bad_questions_get_clear_errors_or_low_confidence(trained):
+    model, images, _ = trained
+    with pytest.raises(TowerInputError, match="empty text"):
+        model.ask(images[:1], ["  "])
+    with pytest.raises(TowerInputError, match="too long"):
+        model.ask(images[:1], ["what " * 2000])
+    foreign = model.ask(images[:1], ["この四角は何色ですか?"])[0]
+    assert 0.0 <= foreign.confidence <= 1.0
+
+
+def test_ask_command_prints_json_and_writes_the_answer_map(trained, tmp_path, capsys, caplog):
+    model, images, _ = trained
+    model.save_pretrained(tmp_path / "model")
+    picture = tmp_path / "blue.png"
+    images[1].save(picture)
+    heat = tmp_path / "map.png"
+    argv = ["ask", str(picture), QUESTION, "--model", str(tmp_path / "model"), "--json", "--explain", str(heat)]
+    assert main(argv) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["answer"] == "blue" and set(answer) == {"answer", "confidence", "alternatives"}
+    with Image.open(heat) as drawn:
+        assert drawn.size == images[1].size
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really")
+    assert main(["ask", str(broken), QUESTION, "--model", str(tmp_path / "model")]) == 1
+    assert f"cannot answer about {broken}" in caplog.text
+
+
+def test_expected_calibration_error():
+    confidence = np.array([0.9] * 10 + [0.3] * 10)
+    calibrated = np.array([1] * 9 + [0] + [1] * 3 + [0] * 7, dtype=float)
+    assert expected_calibration_error(confidence, calibrated) == pytest.approx(0.0, abs=1e-9)
+    always_wrong = np.zeros(20)
+    assert expected_calibration_error(confidence, always_wrong) == pytest.approx(0.6)
+
+
+def test_trains_on_a_vqav2_dataset_from_disk(tmp_path, capsys):
+    images = tmp_path / "val2014"
+    images.mkdir()
+    questions, annotations = [], []
+    for n, (name, colour) in enumerate(COLOURS.items(), start=1):
+        _picture(colour).save(images / f"COCO_val2014_{n:012d}.jpg")
+        questions.append({"question_id": n * 10, "image_id": n, "question": QUESTION})
+        annotations.append(
+            {"question_id": n * 10, "image_id": n, "multiple_choice_answer": name, "answers": [{"answer": name}]}
+        )
+    (tmp_path / "q.json").write_text(json.dumps({"questions": questions}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": annotations}))
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "vqa", "--model", "tiny", "--steps", "3", "--batch-size", "4", "--out", str(out)]
+    argv += ["--vqa-questions", str(tmp_path / "q.json"), "--vqa-annotations", str(tmp_path / "a.json")]
+    argv += ["--vqa-images", str(images), "--device", "cpu"]
+    assert main(argv) == 0
+    model = MModalModel.from_pretrained(out / "model")
+    answer = model.ask([_picture(COLOURS["red"])], [QUESTION])[0]
+    assert isinstance(answer.answer, str) and 0 <= answer.confidence <= 1
+    assert main(argv[:-6] + ["--vqa-questions", str(tmp_path / "q.json"), "--out", str(tmp_path / "x")]) == 1
