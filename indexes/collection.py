@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.faiss"
 LOCK_FILE = ".lock"
+_WRITING: set[Path] = set()  # POSIX record locks do not exclude a second writer in the same process
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class ImageIndex:
         """Opens the index in ``folder`` to add to it, creating it when absent; one writer at a time."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        busy = IndexBusyError(f"another mmodal process is writing to {folder}; wait for it to finish")
+        if folder.resolve() in _WRITING:
+            raise busy
         lock = open(folder / LOCK_FILE, "w")
         try:
             # A POSIX record lock belongs to this process alone: forked workers do not inherit it, and it
@@ -64,7 +68,7 @@ class ImageIndex:
             fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lock.close()
-            raise IndexBusyError(f"another mmodal process is writing to {folder}; wait for it to finish") from None
+            raise busy from None
         try:
             if (folder / MANIFEST_FILE).exists():
                 manifest = Manifest.load(folder)
@@ -85,6 +89,7 @@ class ImageIndex:
         except BaseException:
             lock.close()
             raise
+        _WRITING.add(folder.resolve())
         return cls(folder, manifest, store, index, lock)
 
     @classmethod
@@ -117,6 +122,7 @@ class ImageIndex:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+            _WRITING.discard(self.folder.resolve())
 
     def __enter__(self):
         return self

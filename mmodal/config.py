@@ -90,7 +90,7 @@ def tiny_config() -> ModelConfig:
             num_layers=1,
             num_heads=2,
             expert_hidden_size=32,
-            max_position_embeddings=48,
+            max_position_embeddings=64,  # 16 image + 24 question + answer tokens
             max_text_tokens=24,
         ),
         audio=AudioEncoderConfig(n_mels=32, width=32, num_layers=1, num_heads=2, max_seconds=4.0),

@@ -51,7 +51,7 @@ def test_tiny_model_loss_falls_on_cpu(shapes_train_dir, tmp_path):
         total.backward()
         optimizer.step()
         history.append(total.item())
-    assert set(losses) == {"nce", "moe", "foil", "patch", "match"}
+    assert set(losses) == {"nce", "moe", "foil", "patch", "match", "vqa"}
     assert np.mean(history[-3:]) < 0.6 * np.mean(history[:3])
 
 
