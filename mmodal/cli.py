@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 
 from mmodal import __version__
 
@@ -12,6 +13,7 @@ log = logging.getLogger("mmodal")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+COMMANDS_GROUP = "mmodal.commands"  # entry points that add commands, e.g. `serve` from the app package
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
@@ -329,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--skipped", action="store_true", help="also list every skipped file and why")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
+
+    for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda c: c.name):
+        command.load()(commands)
     return parser
 
 

@@ -1,0 +1,340 @@
+"""The web app: search a collection by text, example image or voice, ask about an image, add folders.
+
+Handlers are thin: they turn widget values into calls on `mmodal.search`, `MModalModel.ask` and
+`mmodal.pipeline`, and turn `ValueError`s into messages in the page. Every event has an ``api_name``, so
+the same app is an HTTP API (see the README, "The web app's API").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from app.settings import DEFAULT_HOST, DEFAULT_PORT, MAX_RESULTS, MAX_UPLOAD, QUEUE_SIZE
+from indexes.collection import ImageIndex
+from indexes.errors import IndexBusyError, IndexProblem
+from indexes.manifest import MANIFEST_FILE, Manifest
+from mmodal.data.images import ImageSkipped, read_image
+from mmodal.explain import answer_heatmap
+from mmodal.model import DEFAULT_MODEL, MModalModel
+from mmodal.pipeline import IndexSummary, index_collection, model_identity
+from mmodal.search import Query, Searcher, SearchResult
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 320
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    auth: tuple[tuple[str, str], ...] = ()
+    max_upload: str = MAX_UPLOAD
+    concurrency: int = 1  # model calls at once; more only helps with more cores than torch threads use
+
+
+def parse_auth(text: str) -> tuple[tuple[str, str], ...]:
+    """ "user:password" or "user1:pass1,user2:pass2" → pairs; refuses empty names and passwords."""
+    pairs = []
+    for entry in text.split(","):
+        user, sep, password = entry.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f'give credentials as "user:password" (several separated by commas), got {entry!r}')
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
+class Collection:
+    """The model and the index the app serves; the index is reopened after each indexing run."""
+
+    def __init__(self, index_dir: str | os.PathLike, model: MModalModel):
+        self.index_dir = Path(index_dir).resolve()
+        self.model = model
+        self._searcher: Searcher | None = None
+        self._swap = threading.Lock()
+        self._indexing = threading.Lock()
+        if not (self.index_dir / MANIFEST_FILE).is_file():
+            # An empty index, so the app starts and folders can be added from the Index tab.
+            ImageIndex.open_for_writing(self.index_dir, model_identity(model), model_source=model.source or "").close()
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, model_name: str | None = None) -> Collection:
+        """The index's own model unless one is named."""
+        folder = Path(index_dir)
+        if model_name is None and (folder / MANIFEST_FILE).is_file():
+            manifest = Manifest.load(folder)
+            model_name = manifest.model_source or manifest.model.name
+        return cls(folder, MModalModel.from_pretrained(model_name or DEFAULT_MODEL))
+
+    def searcher(self) -> Searcher:
+        with self._swap:
+            if self._searcher is None:
+                self._searcher = Searcher(self.model, ImageIndex.open(self.index_dir))
+            return self._searcher
+
+    def roots(self) -> list[str]:
+        return self.searcher().index.store.roots()
+
+    def stats(self) -> dict:
+        return self.searcher().index.stats()
+
+    def search(self, query: Query, k: int, rerank: bool) -> list[SearchResult]:
+        return self.searcher().search(query, k=k, rerank=rerank)
+
+    def add(self, folder: str) -> IndexSummary:
+        path = Path(folder).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"no folder or file at {folder} on the server")
+        if not self._indexing.acquire(blocking=False):
+            raise IndexBusyError("the index is being updated; wait for that run to finish")
+        try:
+            summary = index_collection(self.model, [path], self.index_dir, workers=min(2, os.cpu_count() or 1))
+        finally:
+            self._indexing.release()
+            with self._swap:
+                if self._searcher is not None:
+                    self._searcher.index.close()
+                self._searcher = None
+        return summary
+
+
+# ------------------------------------------------------------------------------------------- handlers
+
+
+def _user_error(error: Exception) -> gr.Error:
+    return gr.Error(str(error), print_exception=False)
+
+
+def _thumbnail(path: str) -> Image.Image:
+    try:
+        image = read_image(path, draft_size=THUMBNAIL_SIDE).image
+    except ImageSkipped as skipped:  # moved or changed since indexing: show a grey tile, keep the rank
+        log.warning("cannot show %s: %s", path, skipped.reason)
+        return Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (128, 128, 128))
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return image
+
+
+def _voice(audio: tuple[int, np.ndarray] | None) -> tuple[np.ndarray, int] | None:
+    """Gradio's (rate, int16 samples) → (float waveform in [-1, 1], rate)."""
+    if audio is None:
+        return None
+    rate, samples = audio
+    samples = np.asarray(samples)
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max)
+    return samples.astype(np.float32), int(rate)
+
+
+def _api_row(result: SearchResult) -> dict:
+    """A result as the API returns it: "file" rather than the CLI's "path", because gradio_client takes any
+    {"path": ...} in a reply for a file to download and would swap in a local copy."""
+    row = result.to_dict()
+    row["file"] = row.pop("path")
+    return {"file": row.pop("file"), **row}
+
+
+def _result_caption(rank: int, result: SearchResult) -> str:
+    return f"{rank}. {Path(result.path).name} · {result.score:.3f}"
+
+
+def build_app(collection: Collection) -> gr.Blocks:
+    """The Blocks app; launch it with `launch`."""
+
+    def search(text, image, audio, negative, k, rerank):
+        query = Query(
+            text=(text or "").strip() or None,
+            image=image or None,
+            audio=_voice(audio),
+            negative=tuple(t.strip() for t in (negative or "").split(",") if t.strip()),
+        )
+        try:
+            results = collection.search(query, k=int(k), rerank=bool(rerank))
+        except (ValueError, OSError, IndexProblem) as error:
+            raise _user_error(error) from None
+        rows = [_api_row(r) for r in results]
+        gallery = [(_thumbnail(r.path), _result_caption(i, r)) for i, r in enumerate(results, 1)]
+        return gallery, rows, rows
+
+    def show_result(rows: list[dict], selected: gr.SelectData | None = None):
+        if not rows or selected is None or not 0 <= selected.index < len(rows):
+            raise gr.Error("search, then select a result to open it")
+        row = rows[selected.index]
+        details = dict(row)
+        state = collection.searcher().index.store.file_state(row["file"])
+        if state is not None:
+            size, mtime_ns = state
+            modified = datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+            details.update(file_bytes=size, modified=modified)
+        return row["file"], details
+
+    def ask(image, question, alternatives):
+        if not image:
+            raise gr.Error("add an image to ask about")
+        try:
+            picture = read_image(image).image
+        except ImageSkipped as skipped:
+            raise gr.Error(f"cannot read this image: {skipped.reason}", print_exception=False) from None
+        try:
+            answer = collection.model.ask([picture], [question or ""], alternatives=int(alternatives))[0]
+        except ValueError as error:
+            raise _user_error(error) from None
+        choices = {answer.answer: answer.confidence} | {a: c for a, c in answer.alternatives}
+        return answer.answer, round(answer.confidence, 4), choices, answer_heatmap(picture, answer.attention)
+
+    def add_folder(folder, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects progress)
+        if not (folder or "").strip():
+            raise gr.Error("type the path of a folder on the server")
+        try:
+            summary = collection.add(folder.strip())
+        except (ValueError, OSError, IndexProblem) as error:
+            raise _user_error(error) from None
+        allow_serving(app, collection)
+        return summary.format(), collection.stats()
+
+    def stats():
+        try:
+            return collection.stats()
+        except (ValueError, OSError, IndexProblem) as error:
+            raise _user_error(error) from None
+
+    with gr.Blocks(title="mmodal") as app:
+        gr.Markdown("# mmodal\nSearch your images by text, example image or voice, and ask questions about them.")
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        query_text = gr.Textbox(
+                            label="Describe what you look for",
+                            placeholder="a red circle left of a blue square",
+                            max_length=1000,
+                            elem_id="query-text",
+                        )
+                        negative_text = gr.Textbox(label="But not (comma-separated)", placeholder="green")
+                    with gr.Column(scale=1):
+                        query_image = gr.Image(
+                            label="Or an example image", type="filepath", image_mode=None, height=160
+                        )
+                    with gr.Column(scale=1):
+                        query_audio = gr.Audio(label="Or say it", sources=["microphone", "upload"], type="numpy")
+                with gr.Row():
+                    count = gr.Slider(1, MAX_RESULTS, value=12, step=1, label="Results")
+                    rerank = gr.Checkbox(value=True, label="Re-rank with early fusion (text queries)")
+                    search_button = gr.Button("Search", variant="primary", elem_id="search-button")
+                gallery = gr.Gallery(label="Results", columns=6, height=420, elem_id="results", allow_preview=False)
+                rows_state = gr.State([])
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        picked = gr.Image(
+                            label="Selected", type="filepath", image_mode=None, interactive=False, elem_id="picked"
+                        )
+                    with gr.Column(scale=1):
+                        picked_info = gr.JSON(label="Details")
+                        picked_question = gr.Textbox(
+                            label="Ask about this image", placeholder="how many stars are there?"
+                        )
+                        picked_ask = gr.Button("Ask")
+                        picked_answer = gr.Textbox(label="Answer", interactive=False)
+                        picked_confidence = gr.Number(label="Confidence", interactive=False)
+                        picked_choices = gr.Label(label="Answers", num_top_classes=4)
+                        picked_map = gr.Image(label="Where the answer came from", interactive=False)
+                with gr.Accordion("Results as JSON", open=False):
+                    results_json = gr.JSON()
+
+            with gr.Tab("Ask", id="ask"):
+                with gr.Row():
+                    with gr.Column():
+                        ask_image = gr.Image(
+                            label="Image", type="filepath", image_mode=None, height=320, elem_id="ask-image"
+                        )
+                        question = gr.Textbox(
+                            label="Question", placeholder="what color is the star?", max_length=10_000
+                        )
+                        alternatives = gr.Slider(0, 5, value=3, step=1, label="Other answers to show")
+                        ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
+                    with gr.Column():
+                        answer_text = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
+                        confidence = gr.Number(label="Confidence", interactive=False)
+                        choices = gr.Label(label="Answers", num_top_classes=6)
+                        heat_map = gr.Image(label="Where the answer came from", interactive=False)
+
+            with gr.Tab("Index", id="index"):
+                folder = gr.Textbox(label="Folder on the server to add", placeholder="/home/me/Pictures")
+                add_button = gr.Button("Add to index", variant="primary")
+                summary = gr.Textbox(label="Summary", lines=8, interactive=False)
+                index_stats = gr.JSON(label="Index")
+                refresh = gr.Button("Refresh statistics")
+
+        gr.on(
+            [search_button.click, query_text.submit],
+            search,
+            [query_text, query_image, query_audio, negative_text, count, rerank],
+            [gallery, rows_state, results_json],
+            api_name="search",
+            concurrency_id="model",
+        )
+        gallery.select(show_result, [rows_state], [picked, picked_info], api_name="select_result")
+        gr.on(
+            [picked_ask.click, picked_question.submit],
+            ask,
+            [picked, picked_question, alternatives],
+            [picked_answer, picked_confidence, picked_choices, picked_map],
+            api_name="ask_about_result",
+            concurrency_id="model",
+        )
+        gr.on(
+            [ask_button.click, question.submit],
+            ask,
+            [ask_image, question, alternatives],
+            [answer_text, confidence, choices, heat_map],
+            api_name="ask",
+            concurrency_id="model",
+        )
+        add_button.click(add_folder, [folder], [summary, index_stats], api_name="add_folder", concurrency_id="index")
+        refresh.click(stats, None, [index_stats], api_name="stats")
+        app.load(stats, None, [index_stats], api_name="stats_on_load")
+    return app
+
+
+def allow_serving(app: gr.Blocks, collection: Collection) -> None:
+    """Files may be served from the indexed folders, never from the index folder itself."""
+    for root in collection.roots():
+        if root not in app.allowed_paths:
+            app.allowed_paths.append(root)
+    if str(collection.index_dir) not in app.blocked_paths:
+        app.blocked_paths.append(str(collection.index_dir))
+
+
+def launch(collection: Collection, options: ServeOptions, block: bool = True) -> tuple[gr.Blocks, str]:
+    """Starts the server; returns the app and its address. With ``block=False`` it runs in the background."""
+    app = build_app(collection)
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=options.concurrency)
+    roots = collection.roots()
+    _, url, _ = app.launch(
+        server_name=options.host,
+        server_port=options.port,
+        auth=list(options.auth) or None,
+        max_file_size=options.max_upload,
+        allowed_paths=roots,
+        blocked_paths=[str(collection.index_dir)],
+        prevent_thread_lock=True,
+        quiet=True,
+        footer_links=["api"],
+        show_error=True,
+    )
+    if block:
+        print(f"mmodal is serving {collection.index_dir} at {url}\nopen that address in a browser; Ctrl-C stops")
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return app, url

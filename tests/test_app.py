@@ -1,0 +1,216 @@
+"""The web app, started in-process on a free port and called over HTTP through gradio_client.
+
+The collection is a small Shapes test split indexed with the shipped model, so the right answers are
+known from the scene graphs.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError, AuthenticationError
+from PIL import Image
+
+from app.server import Collection, ServeOptions, launch, parse_auth
+from mmodal.data.dataset import read_dataset
+from mmodal.model import MModalModel
+from mmodal.pipeline import index_collection
+from mmodal.search import Query, read_query_audio
+from mmodal.shapes.generate import generate_shapes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MModalModel.from_pretrained("shapes")
+
+
+@pytest.fixture(scope="module")
+def dataset(shapes_test_dir):
+    return read_dataset(shapes_test_dir)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, model, dataset):
+    index_dir = tmp_path_factory.mktemp("app") / "index"
+    index_collection(model, [dataset.root / "images"], index_dir, workers=1, show_progress=False)
+    collection = Collection(index_dir, model)
+    app, url = launch(collection, ServeOptions(port=free_port()), block=False)
+    yield collection, url, Client(url, verbose=False)
+    app.close()
+
+
+def search(client: Client, text: str = "", image=None, audio=None, negative: str = "", k: int = 10, rerank=True):
+    gallery, rows = client.predict(text, image, audio, negative, k, rerank, api_name="/search")
+    assert len(gallery) == len(rows)
+    return gallery, rows
+
+
+def test_text_search_brings_the_images_the_scene_graphs_name(served, dataset):
+    _, _, client = served
+    images = {r.id: str((dataset.root / r.file).resolve()) for r in dataset.images}
+    queries = sorted((q for q in dataset.queries if q.kind == "object"), key=lambda q: -len(q.relevant))[:3]
+    assert queries and len(queries[0].relevant) >= 5
+    for query in queries:
+        relevant = {images[i] for i in query.relevant}
+        gallery, rows = search(client, query.text, k=5, rerank=False)
+        hits = sum(row["file"] in relevant for row in rows)
+        assert hits >= 4, f"{query.text!r}: {hits} of 5 results show it"
+        assert all(item["image"] and Path(item["image"]).is_file() for item in gallery)
+        assert rows == sorted(rows, key=lambda r: -r["score"])
+
+
+def test_reranked_search_reports_both_scores(served, dataset):
+    _, _, client = served
+    query = next(q for q in dataset.queries if q.kind == "object")
+    _, rows = search(client, query.text, k=8)
+    assert len(rows) == 8
+    assert all(0 <= row["rerank_score"] <= 1 and -1 <= row["embedding_score"] <= 1 for row in rows)
+    assert [row["score"] for row in rows] == sorted((row["rerank_score"] for row in rows), reverse=True)
+
+
+def test_an_indexed_image_finds_itself_first(served, dataset):
+    _, _, client = served
+    target = (dataset.root / dataset.images[7].file).resolve()
+    _, rows = search(client, image=handle_file(str(target)), k=3)
+    assert rows[0]["file"] == str(target)
+    assert rows[0]["embedding_score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_voice_search_ranks_as_the_library_does(served, dataset):
+    collection, _, client = served
+    spoken = [q for q in dataset.queries if q.audio]
+    if not spoken:
+        pytest.skip("espeak-ng is missing, so the collection has no spoken queries")
+    clip = str(dataset.root / spoken[0].audio)
+    _, rows = search(client, audio=handle_file(clip), k=10)
+    assert len(rows) == 10 and all(row["rerank_score"] is None for row in rows)
+    # The browser hands over 16-bit samples; they must rank as the float samples read from the file do.
+    expected = collection.search(Query(audio=read_query_audio(clip)), k=10, rerank=False)
+    assert [row["file"] for row in rows] == [r.path for r in expected]
+    assert [row["score"] for row in rows] == pytest.approx([r.score for r in expected], abs=2e-3)
+
+
+def test_ask_gives_the_models_answer_with_a_map(served, dataset, model):
+    _, _, client = served
+    record = next(q for q in dataset.questions if q.type == "count")
+    image_file = dataset.root / next(r.file for r in dataset.images if r.id == record.image_id)
+    answer, confidence, choices, heat_map = client.predict(
+        handle_file(str(image_file)), record.question, 3, api_name="/ask"
+    )
+    with Image.open(image_file) as picture:
+        expected = model.ask([picture.convert("RGB")], [record.question], alternatives=3)[0]
+        size = picture.size
+    assert answer == expected.answer
+    assert confidence == pytest.approx(expected.confidence, abs=1e-3)
+    assert choices["label"] == expected.answer
+    assert {c["label"] for c in choices["confidences"]} >= {a for a, _ in expected.alternatives}
+    with Image.open(heat_map) as overlay:
+        assert overlay.size == size
+
+
+def test_answers_are_mostly_right_on_easy_questions(served, dataset):
+    _, _, client = served
+    files = {r.id: dataset.root / r.file for r in dataset.images}
+    records = [q for q in dataset.questions if q.type == "size"][:8]
+    right = 0
+    for record in records:
+        answer, *_ = client.predict(handle_file(str(files[record.image_id])), record.question, 0, api_name="/ask")
+        right += answer == record.answer
+    assert right >= len(records) // 2, f"{right} of {len(records)} size questions answered right"
+
+
+def test_bad_input_gets_a_message(served, tmp_path):
+    _, _, client = served
+    with pytest.raises(AppError, match="give a text"):
+        search(client)
+    with pytest.raises(AppError, match="too long"):
+        search(client, "a red circle " * 100)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(AppError, match="cannot identify image file"):  # refused by the upload itself
+        client.predict(handle_file(str(broken)), "what color is the star?", 3, api_name="/ask")
+    truncated = tmp_path / "truncated.png"
+    Image.effect_noise((300, 300), 64).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(AppError, match="cannot read this image"):
+        client.predict(handle_file(str(truncated)), "what color is the star?", 3, api_name="/ask")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), "white").save(good)
+    with pytest.raises(AppError, match="too long"):
+        client.predict(handle_file(str(good)), "x" * 10_000, 3, api_name="/ask")
+    with pytest.raises(AppError, match="empty"):
+        client.predict(handle_file(str(good)), "   ", 3, api_name="/ask")
+    with pytest.raises(AppError, match="no folder"):
+        client.predict(str(tmp_path / "missing"), api_name="/add_folder")
+
+
+def test_only_indexed_folders_are_served(served, dataset):
+    collection, url, client = served
+    gallery, _ = search(client, "a red circle", k=1, rerank=False)
+    assert gallery
+    for outside in ("/etc/passwd", str(collection.index_dir / "metadata.sqlite"), str(Path(__file__).resolve())):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}gradio_api/file={outside}")
+        assert refused.value.code in (403, 404)
+    inside = (dataset.root / dataset.images[0].file).resolve()
+    with urllib.request.urlopen(f"{url}gradio_api/file={inside}") as reply:
+        assert reply.read() == inside.read_bytes()
+
+
+def test_add_folder_then_find_the_new_images(served, tmp_path):
+    collection, _, client = served
+    before = client.predict(api_name="/stats")["images"]
+    extra = tmp_path / "extra"
+    generate_shapes(extra, n=3, seed=99, split="test", n_queries=1, workers=1)
+    summary, stats = client.predict(str(extra / "images"), api_name="/add_folder")
+    assert "indexed 3 new" in summary
+    assert stats["images"] == before + 3
+    assert str((extra / "images").resolve()) in stats["roots"]
+    newcomer = sorted((extra / "images").iterdir())[1].resolve()
+    _, rows = search(client, image=handle_file(str(newcomer)), k=1)
+    assert rows[0]["file"] == str(newcomer)
+
+
+def test_login_is_required_when_asked(tmp_path, model):
+    index_dir = tmp_path / "index"
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), "red").save(folder / "red.png")
+    index_collection(model, [folder], index_dir, workers=1, show_progress=False)
+    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"), max_upload="2kb")
+    app, url = launch(Collection(index_dir, model), options, block=False)
+    try:
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            Client(url, verbose=False)
+        client = Client(url, auth=("ana", "secret"), verbose=False)
+        assert client.predict(api_name="/stats")["images"] == 1
+        big = tmp_path / "big.png"
+        Image.effect_noise((200, 200), 64).save(big)
+        with pytest.raises(ValueError, match="exceeds the maximum file size of 2048 bytes"):
+            search(client, image=handle_file(str(big)), k=1)
+    finally:
+        app.close()
+
+
+def test_auth_strings_are_checked():
+    assert parse_auth("a:b,c:d:e") == (("a", "b"), ("c", "d:e"))
+    for bad in ("nobody", ":x", "a:"):
+        with pytest.raises(ValueError, match="user:password"):
+            parse_auth(bad)
+
+
+def test_serve_creates_an_empty_index_to_add_folders_to(tmp_path, model):
+    collection = Collection(tmp_path / "new-index", model)
+    stats = collection.stats()
+    assert (stats["images"], stats["model"], stats["roots"]) == (0, model.config.name, [])
