@@ -5,13 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mmodal-installed
 DEMO_DATA ?= data/shapes-demo
+HOST ?= 127.0.0.1
+PORT ?= 7860
 
-.PHONY: setup system demo test lint
+.PHONY: setup system system-test demo test lint
 
 setup: system $(STAMP)
 
 system:
 	@bash scripts/install-system-deps.sh
+
+# The browser test drives the system's headless Chromium; no browser is downloaded.
+system-test:
+	@bash scripts/install-system-deps.sh --browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +27,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	test -f $(DEMO_DATA)/dataset.json || $(BIN)/mmodal data shapes --out $(DEMO_DATA) --n 500 --seed 0 --split test --speech
 	$(BIN)/mmodal index $(DEMO_DATA)/images --index $(DEMO_DATA)/index
-	$(BIN)/mmodal search "a red circle left of a blue square" --index $(DEMO_DATA)/index -k 5
+	$(BIN)/mmodal serve --index $(DEMO_DATA)/index --host $(HOST) --port $(PORT)
 
-test: setup
+test: system-test $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -165,7 +165,7 @@ def build_app(collection: Collection) -> gr.Blocks:
         gallery = [(_thumbnail(r.path), _result_caption(i, r)) for i, r in enumerate(results, 1)]
         return gallery, rows, rows
 
-    def show_result(rows: list[dict], selected: gr.SelectData | None = None):
+    def show_result(rows: list[dict], selected: gr.SelectData):  # Gradio fills it in by its type
         if not rows or selected is None or not 0 <= selected.index < len(rows):
             raise gr.Error("search, then select a result to open it")
         row = rows[selected.index]
@@ -257,7 +257,10 @@ def build_app(collection: Collection) -> gr.Blocks:
                             label="Image", type="filepath", image_mode=None, height=320, elem_id="ask-image"
                         )
                         question = gr.Textbox(
-                            label="Question", placeholder="what color is the star?", max_length=10_000
+                            label="Question",
+                            placeholder="what color is the star?",
+                            max_length=10_000,
+                            elem_id="question",
                         )
                         alternatives = gr.Slider(0, 5, value=3, step=1, label="Other answers to show")
                         ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
@@ -268,10 +271,12 @@ def build_app(collection: Collection) -> gr.Blocks:
                         heat_map = gr.Image(label="Where the answer came from", interactive=False)
 
             with gr.Tab("Index", id="index"):
-                folder = gr.Textbox(label="Folder on the server to add", placeholder="/home/me/Pictures")
-                add_button = gr.Button("Add to index", variant="primary")
-                summary = gr.Textbox(label="Summary", lines=8, interactive=False)
-                index_stats = gr.JSON(label="Index")
+                folder = gr.Textbox(
+                    label="Folder on the server to add", placeholder="/home/me/Pictures", elem_id="folder"
+                )
+                add_button = gr.Button("Add to index", variant="primary", elem_id="add-button")
+                summary = gr.Textbox(label="Summary", lines=8, interactive=False, elem_id="summary")
+                index_stats = gr.JSON(label="Index", elem_id="index-stats")
                 refresh = gr.Button("Refresh statistics")
 
         gr.on(

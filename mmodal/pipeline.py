@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
 import os
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from indexes.metadata import NewItem
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files, start_worker
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
 from mmodal.model import MModalModel
+from mmodal.workers import clean_context
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,7 @@ def _encode_files(
     if not paths:
         return
     image_size = model.config.image.image_size
-    # Forking a process that runs torch threads can deadlock the child; a fork server starts clean
-    # workers that import only Pillow and numpy (and the main module, which the CLI keeps light).
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["mmodal.data.decode"])
+    context = clean_context(["mmodal.data.decode"])  # workers need only Pillow and numpy
     progress = tqdm(total=len(paths), desc="indexing", unit="img", disable=not show_progress or None, smoothing=0.1)
     to_encode: list[DecodedFile] = []
     relinked: list[tuple[str, int, int, int]] = []

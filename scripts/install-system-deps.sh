@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mmodal needs, only when they are missing: espeak-ng (spoken queries)
-# and python3-venv (the project's virtual environment).
+# and python3-venv (the project's virtual environment); with --browser also chromium-headless-shell,
+# which the browser test drives.
 set -euo pipefail
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${1:-}" = "--browser" ]; then
+  command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 \
+    || missing+=(chromium-headless-shell)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import socket
 
 import pytest
 
+from mmodal.data.dataset import read_dataset
+from mmodal.model import MModalModel
+from mmodal.pipeline import index_collection
 from mmodal.shapes.generate import generate_shapes
 
 
@@ -24,3 +28,35 @@ def shapes_train_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes") / "train"
     generate_shapes(root, n=150, seed=5, split="train", workers=2)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The shipped model."""
+    return MModalModel.from_pretrained("shapes")
+
+
+@pytest.fixture(scope="session")
+def dataset(shapes_test_dir):
+    return read_dataset(shapes_test_dir)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, model, dataset):
+    """The web app over the test split, indexed with the shipped model: (collection, url, client)."""
+    from gradio_client import Client
+
+    from app.server import Collection, ServeOptions, launch
+
+    index_dir = tmp_path_factory.mktemp("app") / "index"
+    index_collection(model, [dataset.root / "images"], index_dir, workers=1, show_progress=False)
+    collection = Collection(index_dir, model)
+    app, url = launch(collection, ServeOptions(port=free_port()), block=False)
+    yield collection, url, Client(url, verbose=False)
+    app.close()

@@ -6,7 +6,6 @@ known from the scene graphs.
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,37 +16,10 @@ from gradio_client.exceptions import AppError, AuthenticationError
 from PIL import Image
 
 from app.server import Collection, ServeOptions, launch, parse_auth
-from mmodal.data.dataset import read_dataset
-from mmodal.model import MModalModel
 from mmodal.pipeline import index_collection
 from mmodal.search import Query, read_query_audio
 from mmodal.shapes.generate import generate_shapes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MModalModel.from_pretrained("shapes")
-
-
-@pytest.fixture(scope="module")
-def dataset(shapes_test_dir):
-    return read_dataset(shapes_test_dir)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, model, dataset):
-    index_dir = tmp_path_factory.mktemp("app") / "index"
-    index_collection(model, [dataset.root / "images"], index_dir, workers=1, show_progress=False)
-    collection = Collection(index_dir, model)
-    app, url = launch(collection, ServeOptions(port=free_port()), block=False)
-    yield collection, url, Client(url, verbose=False)
-    app.close()
+from tests.conftest import free_port
 
 
 def search(client: Client, text: str = "", image=None, audio=None, negative: str = "", k: int = 10, rerank=True):

@@ -1,0 +1,92 @@
+"""The web app in a real headless Chromium, driven by Playwright: search, open a result, ask, see the index.
+
+Chromium comes from the system (`make test` installs the Debian package chromium-headless-shell); no
+browser is downloaded. Screenshots go to the test's temporary folder, or to $MMODAL_SCREENSHOTS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmodal.shapes.generate import generate_shapes
+
+CHROMIUM_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+TIMEOUT_MS = 60_000
+
+
+def chromium() -> str:
+    for name in (os.environ.get("MMODAL_CHROMIUM"), *CHROMIUM_NAMES):
+        if name and (found := shutil.which(name)):
+            return found
+    pytest.fail(
+        "no Chromium found: install the chromium-headless-shell package (make test does) or set MMODAL_CHROMIUM"
+    )
+
+
+@pytest.fixture()
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+@pytest.fixture()
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("MMODAL_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model, shots, tmp_path):
+    collection, url, _ = served
+    page.goto(url)
+    query = max((q for q in dataset.queries if q.kind == "object"), key=lambda q: len(q.relevant))
+    page.locator("#query-text textarea").fill(query.text)
+    page.locator("#search-button").click()
+    thumbnails = page.locator("#results img")
+    thumbnails.first.wait_for(state="visible")
+    page.wait_for_function("document.querySelectorAll('#results img').length >= 12")
+    assert thumbnails.count() >= 12
+    assert page.locator("#results").inner_text().count("·") >= 12  # captions carry name and score
+
+    thumbnails.first.click()
+    picked = page.locator("#picked img")
+    picked.wait_for(state="visible")
+    assert "gradio_api/file=" in picked.get_attribute("src")
+    page.screenshot(path=str(shots / "search.png"), full_page=True)
+
+    record = next(q for q in dataset.questions if q.type == "count")
+    image_file = dataset.root / next(r.file for r in dataset.images if r.id == record.image_id)
+    with Image.open(image_file) as picture:
+        expected = model.ask([picture.convert("RGB")], [record.question], alternatives=3)[0]
+    page.get_by_role("tab", name="Ask").click()
+    page.locator("#ask-image input[type=file]").set_input_files(str(image_file))
+    page.locator("#ask-image img").wait_for(state="visible")
+    page.locator("#question textarea").fill(record.question)
+    page.locator("#ask-button").click()
+    page.wait_for_function("document.querySelector('#answer textarea').value.length > 0")
+    assert page.locator("#answer textarea").input_value() == expected.answer
+    page.screenshot(path=str(shots / "ask.png"), full_page=True)
+
+    page.get_by_role("tab", name="Index").click()
+    extra = tmp_path / "more"
+    generate_shapes(extra, n=4, seed=123, split="test", n_queries=1, workers=1)
+    page.locator("#folder textarea").fill(str(extra / "images"))
+    page.locator("#add-button").click()
+    page.wait_for_function("document.querySelector('#summary textarea').value.includes('indexed')")
+    assert "indexed 4 new" in page.locator("#summary textarea").input_value()
+    stats = page.locator("#index-stats")
+    page.wait_for_function(f"document.querySelector('#index-stats').innerText.includes('{extra.name}')")
+    shown = "".join(stats.inner_text().split())
+    assert f'"images":{collection.stats()["images"]},' in shown
+    page.screenshot(path=str(shots / "index.png"), full_page=True)
