@@ -57,7 +57,8 @@ class MoEConfig(PretrainedConfig):
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-        if not 1 <= experts_per_token <= n_routed_experts:
+        # n_routed_experts = 0 makes a dense core: every token through the shared experts alone.
+        if n_routed_experts and not 1 <= experts_per_token <= n_routed_experts:
             raise ValueError(
                 f"experts_per_token must be in 1..n_routed_experts={n_routed_experts}, got {experts_per_token}"
             )
@@ -100,6 +101,8 @@ class SparseMoE(nn.Module):
         h, f, e = config.hidden_size, config.expert_hidden_size, config.n_routed_experts
         self.top_k, self.n_experts, self.jitter = config.experts_per_token, e, config.router_jitter
         self.shared = SwiGLU(h, f * config.n_shared_experts) if config.n_shared_experts else None
+        if e == 0:  # a dense core: no router, no routed experts
+            return
         self.router = nn.Linear(h, e, bias=False)
         # Routed expert weights stacked, so that a grouped matmul can run them all at once.
         self.w_gate_up = nn.Parameter(torch.empty(e, h, 2 * f))
@@ -112,6 +115,9 @@ class SparseMoE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])  # (N, H)
+        if self.n_experts == 0:
+            no_routing = RouterStats(tokens_per_expert=tokens.new_zeros(0), entropy=tokens.new_zeros(()))
+            return self.shared(tokens).reshape(shape), tokens.new_zeros(()), no_routing
         keep = (
             token_mask.reshape(-1).bool() if token_mask is not None else torch.ones_like(tokens[:, 0], dtype=torch.bool)
         )
@@ -287,3 +293,11 @@ class MoELanguageModel(PreTrainedModel, GenerationMixin):
         """Share of routed assignments per expert in the last forward pass, summed over layers (sums to 1)."""
         counts = torch.stack([s.tokens_per_expert for s in self.router_stats]).sum(dim=0)
         return counts / counts.sum().clamp_min(1)
+
+    def router_entropy(self) -> float:
+        """Mean router entropy per token in the last forward pass, as a share of its maximum log(E): 1 means
+        routers spread every token evenly, 0 that each token's choice is certain."""
+        if not self.router_stats or self.config.n_routed_experts < 2:
+            return float("nan")
+        nats = torch.stack([s.entropy for s in self.router_stats]).mean()
+        return float(nats / math.log(self.config.n_routed_experts))

@@ -74,7 +74,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = {}
     for name in args.model:
         model = MModalModel.from_pretrained(name)
-        report[name] = evaluate(model, dataset)
+        report[name] = evaluate(model, dataset, blind=args.blind)
     if args.json:
         print(json.dumps(report if len(report) > 1 else report[args.model[0]], indent=2))
     else:
@@ -255,7 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe vqa)")
     train.add_argument("--vqa-annotations", dest="vqa_annotations", help="VQAv2 annotations JSON")
     train.add_argument("--vqa-images", dest="vqa_images", help="folder of the VQAv2 images")
-    train.add_argument("--model", choices=("default", "tiny"), help="model size")
+    train.add_argument(
+        "--model", choices=("default", "tiny", "dense"), help="model size; dense: a dense core, the MoE's baseline"
+    )
+    train.add_argument(
+        "--blind",
+        action="store_const",
+        const=True,
+        help="with --recipe vqa: learn answers from the question alone (images blanked), a baseline",
+    )
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int)
     train.add_argument(
@@ -283,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images in a generated test split")
     evaluate.add_argument("--seed", type=int, default=4242, help="seed of a generated test split (not a training seed)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument(
+        "--blind", action="store_true", help="answer questions with every image blanked (for a question-only model)"
+    )
     evaluate.set_defaults(handler=_eval)
 
     index = commands.add_parser("index", help="add the images under folders to an index (resumable)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +96,13 @@ def tiny_config() -> ModelConfig:
         audio=AudioEncoderConfig(n_mels=32, width=32, num_layers=1, num_heads=2, max_seconds=4.0),
         fusion=FusionConfig(embed_dim=32, width=32, num_layers=1, num_heads=2),
     )
+
+
+def dense_config() -> ModelConfig:
+    """The default model with a dense language core of the same active width: each feed-forward layer is the
+    shared expert widened by the routed experts a token would visit, with no router (a baseline for the MoE)."""
+    moe = TextConfig()
+    text = replace(
+        moe, n_shared_experts=moe.n_shared_experts + moe.experts_per_token, n_routed_experts=0, experts_per_token=0
+    )
+    return ModelConfig(name="shapes-dense", text=text)

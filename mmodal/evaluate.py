@@ -51,8 +51,11 @@ def _image_features(model: MModalModel, dataset: Dataset, batch_size: int):
 
 
 @torch.inference_mode()
-def _text_features(model: MModalModel, texts: list[str], batch_size: int, routed: list | None = None):
-    """Per chunk (tokens, mask, embeddings); appends each chunk's (layers, experts) routing counts to ``routed``."""
+def _text_features(
+    model: MModalModel, texts: list[str], batch_size: int, routed: list | None = None, entropies: list | None = None
+):
+    """Per chunk (tokens, mask, embeddings); appends each chunk's (layers, experts) routing counts to ``routed``
+    and its router entropy (share of the maximum) to ``entropies``."""
     out = []
     for chunk in _chunks(texts, batch_size):
         ids, mask = model.tokenize(chunk)
@@ -60,6 +63,8 @@ def _text_features(model: MModalModel, texts: list[str], batch_size: int, routed
         out.append((tokens, mask, model.embed_text_tokens(tokens, mask)))
         if routed is not None:
             routed.append(torch.stack([s.tokens_per_expert for s in model.language.router_stats]))
+        if entropies is not None:
+            entropies.append(model.language.router_entropy())
     return out
 
 
@@ -90,14 +95,18 @@ def _search_metrics(rankings: dict[str, list[np.ndarray]], dataset: Dataset, ind
 
 
 @torch.inference_mode()
-def evaluate(model: MModalModel, dataset: Dataset, batch_size: int = 128, rerank_top: int = RERANK_TOP) -> dict:
-    """All of the spec's metrics for ``model`` on ``dataset`` (which needs queries; foils and audio when present)."""
+def evaluate(
+    model: MModalModel, dataset: Dataset, batch_size: int = 128, rerank_top: int = RERANK_TOP, blind: bool = False
+) -> dict:
+    """All of the spec's metrics for ``model`` on ``dataset`` (which needs queries; foils and audio when present).
+    ``blind`` answers the questions with every image blanked, as a question-only model was trained."""
     model.eval()
     index_of = {r.id: i for i, r in enumerate(dataset.images)}
     image_tokens, image_emb = _image_features(model, dataset, batch_size)
     texts = [q.text for q in dataset.queries]
     routed: list[torch.Tensor] = []
-    text_batches = _text_features(model, texts, batch_size, routed)
+    entropies: list[float] = []
+    text_batches = _text_features(model, texts, batch_size, routed, entropies)
     text_emb = torch.cat([b[2] for b in text_batches])
     similarity = text_emb @ image_emb.t()  # (Q, N)
     embedding_rankings = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in similarity]
@@ -128,13 +137,15 @@ def evaluate(model: MModalModel, dataset: Dataset, batch_size: int = 128, rerank
     if spoken:
         result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size)
     if dataset.questions:
-        result["vqa"] = evaluate_vqa(model, dataset)
-    counts = torch.stack(routed).sum(dim=0)  # (layers, experts)
-    share = counts / counts.sum(dim=1, keepdim=True)
-    result["moe"] = {
-        "expert_share_per_layer": [[round(float(x), 4) for x in layer] for layer in share],
-        "min_share_of_uniform": round(float(share.min() * share.shape[1]), 4),
-    }
+        result["vqa"] = evaluate_vqa(model, dataset, blind=blind)
+    if model.config.text.n_routed_experts:
+        counts = torch.stack(routed).sum(dim=0)  # (layers, experts)
+        share = counts / counts.sum(dim=1, keepdim=True)
+        result["moe"] = {
+            "expert_share_per_layer": [[round(float(x), 4) for x in layer] for layer in share],
+            "min_share_of_uniform": round(float(share.min() * share.shape[1]), 4),
+            "router_entropy_of_max": round(float(np.mean(entropies)), 4),
+        }
     return result
 
 
@@ -150,8 +161,11 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bin
     return float(gap)
 
 
-def evaluate_vqa(model: MModalModel, dataset: Dataset, batch_size: int = 64, max_questions: int = 2000) -> dict:
-    """Exact-match accuracy per question type, on seen and held-out colour–shape pairs, and calibration."""
+def evaluate_vqa(
+    model: MModalModel, dataset: Dataset, batch_size: int = 64, max_questions: int = 2000, blind: bool = False
+) -> dict:
+    """Exact-match accuracy per question type, on seen and held-out colour–shape pairs, and calibration.
+    ``blind`` blanks every image (all-zero normalised pixels, as the question-only baseline is trained)."""
     from mmodal.shapes.semantics import SpecError, normalize_answer, parse_question
 
     questions = dataset.questions
@@ -160,7 +174,11 @@ def evaluate_vqa(model: MModalModel, dataset: Dataset, batch_size: int = 64, max
     images = dataset.images_by_id()
     records = []
     for chunk in tqdm(list(_chunks(questions, batch_size)), desc="vqa", unit="batch", leave=False):
-        pictures = [Image.open(dataset.image_path(images[q.image_id])) for q in chunk]
+        if blind:
+            size = model.config.image.image_size
+            pictures = torch.zeros(len(chunk), 3, size, size)
+        else:
+            pictures = [Image.open(dataset.image_path(images[q.image_id])) for q in chunk]
         for q, a in zip(chunk, model.ask(pictures, [q.question for q in chunk], alternatives=2)):
             try:
                 held_out = parse_question(q.question).held_out
@@ -245,9 +263,9 @@ def format_report(report: dict[str, dict]) -> str:
                     )
                 )
         rows.append(("vqa expected calibration error", [f"{r['vqa']['ece']:.3f}" for r in report.values()]))
-    rows.append(
-        ("MoE min expert share / uniform", [f"{r['moe']['min_share_of_uniform']:.2f}" for r in report.values()])
-    )
+    moe = [r.get("moe") for r in report.values()]
+    rows.append(("MoE min expert share / uniform", [f"{m['min_share_of_uniform']:.2f}" if m else "dense" for m in moe]))
+    rows.append(("MoE router entropy / max", [f"{m['router_entropy_of_max']:.2f}" if m else "dense" for m in moe]))
     width = max(len(label) for label, _ in rows)
     header = " " * width + "  " + "  ".join(f"{n[-24:]:>24}" for n in names)
     return "\n".join(

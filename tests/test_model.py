@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_stereo_and_other_rates_are_resampled_to_mono(tiny_model):
 
 
 def _core(**overrides):
-    config = MoEConfig(
+    settings = dict(
         vocab_size=40,
         hidden_size=32,
         num_layers=2,
@@ -117,8 +118,8 @@ def _core(**overrides):
         experts_per_token=2,
         expert_hidden_size=32,
         max_position_embeddings=32,
-        **overrides,
     )
+    config = MoEConfig(**{**settings, **overrides})
     torch.manual_seed(0)
     return MoELanguageModel(config)
 
@@ -131,6 +132,21 @@ def test_moe_core_routes_every_token_and_reports_load():
     assert torch.isclose(load.sum(), torch.tensor(1.0)) and (load > 0).all()
     counts = sum(s.tokens_per_expert for s in core.router_stats)
     assert counts.sum() == 2 * 4 * 9 * 2  # layers × tokens × experts_per_token
+
+
+def test_router_entropy_is_a_share_of_its_maximum():
+    core = _core()
+    core(torch.randint(3, 40, (4, 9)))
+    assert 0 < core.router_entropy() <= 1
+
+
+def test_a_dense_core_sends_every_token_through_the_shared_experts():
+    dense = _core(n_routed_experts=0, experts_per_token=0, n_shared_experts=3)
+    out = dense(torch.randint(3, 40, (4, 9)))
+    assert out.logits.shape == (4, 9, 40) and out.aux_loss == 0
+    assert math.isnan(dense.router_entropy())
+    moe_active = _core().config.expert_hidden_size * (1 + 2)  # shared + experts_per_token
+    assert dense.layers[0].moe.shared.down.in_features == moe_active
 
 
 def test_moe_core_generates_deterministically_after_a_prefix():

@@ -125,3 +125,15 @@ def test_trains_on_a_vqav2_dataset_from_disk(tmp_path, capsys):
     answer = model.ask([_picture(COLOURS["red"])], [QUESTION])[0]
     assert isinstance(answer.answer, str) and 0 <= answer.confidence <= 1
     assert main(argv[:-6] + ["--vqa-questions", str(tmp_path / "q.json"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_question_only_and_dense_baselines_train_and_evaluate(shapes_train_dir, shapes_test_dir, tmp_path, capsys):
+    out = tmp_path / "blind"
+    argv = ["train", "--recipe", "vqa", "--model", "dense", "--blind", "--steps", "2", "--batch-size", "4"]
+    assert main([*argv, "--data", str(shapes_train_dir), "--out", str(out), "--device", "cpu"]) == 0
+    model = MModalModel.from_pretrained(out / "model")
+    assert model.config.text.n_routed_experts == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out / "model"), "--data", str(shapes_test_dir), "--blind", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 <= report["vqa"]["all"]["accuracy"] <= 1 and "moe" not in report

@@ -21,7 +21,8 @@ class TrainConfig:
     # "full": multi-positive texts, mined and foil negatives, matcher, answers; "clip": plain InfoNCE;
     # "vqa": answers only, on the questions of --data or of VQAv2 files (vqa_questions/annotations/images)
     recipe: str = "full"
-    model: str = "default"  # model size: "default" or "tiny"
+    model: str = "default"  # "default", "tiny" (tests) or "dense" (the default with a dense language core)
+    blind: bool = False  # recipe "vqa" only: answer from the question alone (every image blanked), a baseline
     steps: int = 1200
     batch_size: int = 128
     audio_batch_size: int = 32

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from encoders.tokenizer import build_tokenizer
-from mmodal.config import ModelConfig, tiny_config
+from mmodal.config import ModelConfig, dense_config, tiny_config
 from mmodal.data.dataset import DatasetFormatError, read_dataset
 from mmodal.data.vqa import read_vqa
 from mmodal.model import MModalModel
@@ -144,8 +144,21 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
     return losses
 
 
+def _routing_health(model: MModalModel) -> dict[str, str]:
+    """The MoE core's health in the last step: the least-used expert's share over uniform, router entropy."""
+    if not model.config.text.n_routed_experts:
+        return {}
+    load = model.language.expert_load()
+    return {
+        "moe_min_share": f"{float(load.min() * len(load)):.2f}",
+        "router_entropy": f"{model.language.router_entropy():.2f}",
+    }
+
+
 def answer_losses(model: MModalModel, pixels: torch.Tensor, questions, answers, config: TrainConfig) -> dict:
     """The "vqa" recipe's step: prefix language modelling of the answers, plus the MoE balance loss."""
+    if config.blind:  # the question-only baseline: every image is the same blank (mean-colour) one
+        pixels = torch.zeros_like(pixels)
     q_ids, q_mask = model.tokenize(questions)
     a_ids, a_mask = model.tokenize(answers)
     loss, aux = model.answer_loss(model.image_tokens(pixels), q_ids, q_mask, a_ids, a_mask)
@@ -181,7 +194,7 @@ def _matching_loss(
 def build_model(config: TrainConfig, dataset) -> MModalModel:
     if config.init_from:
         return MModalModel.from_pretrained(config.init_from, allow_new_modules=True)
-    model_config = tiny_config() if config.model == "tiny" else ModelConfig()
+    model_config = {"tiny": tiny_config, "dense": dense_config}.get(config.model, ModelConfig)()
     corpus = [f"{q.question} {q.answer}" for q in dataset.questions] if config.recipe == "vqa" else None
     tokenizer = build_tokenizer(corpus or tokenizer_corpus(dataset), vocab_size=model_config.text.vocab_size)
     return MModalModel(model_config, tokenizer)
@@ -263,11 +276,20 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                 bar.set_postfix(
                     loss=f"{total.item():.3f}",
                     **{k: f"{v.item():.3f}" for k, v in losses.items()},
+                    **_routing_health(model),
                     samples_s=f"{rate:.0f}",
                 )
             if step % config.checkpoint_every == 0 or step == stop_at:
                 state = {"step": step, "rng": rng.bit_generator.state, "mined_pairs": bank.pairs.tolist()}
                 save_checkpoint(run, model, optimizer, state)
+                if model.config.text.n_routed_experts:
+                    log.info(
+                        "step %d: expert share %s (uniform %.3f), router entropy %.2f of its maximum",
+                        step,
+                        " ".join(f"{x:.3f}" for x in model.language.expert_load().tolist()),
+                        1 / model.config.text.n_routed_experts,
+                        model.language.router_entropy(),
+                    )
     if step < config.steps:
         log.info("stopped at step %d of %d; continue with --resume", step, config.steps)
         return None
