@@ -28,6 +28,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         help=f"require a login; several as u1:p1,u2:p2 (or set {AUTH_ENV}, which keeps it out of the process list)",
     )
     serve.add_argument("--max-upload", default=MAX_UPLOAD, help=f"largest upload accepted (default {MAX_UPLOAD})")
+    serve.add_argument(
+        "--no-indexing",
+        dest="indexing",
+        action="store_false",
+        help="do not let the web page add folders on this machine (search and ask only)",
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -40,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         auth=parse_auth(credentials) if credentials else (),
         max_upload=args.max_upload,
+        allow_indexing=args.indexing,
     )
     if not options.auth and args.host not in LOOPBACK:
         log.warning(

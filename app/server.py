@@ -40,6 +40,7 @@ class ServeOptions:
     auth: tuple[tuple[str, str], ...] = ()
     max_upload: str = MAX_UPLOAD
     concurrency: int = 1  # model calls at once; more only helps with more cores than torch threads use
+    allow_indexing: bool = True  # whether the Index tab may add folders on the server
 
 
 def parse_auth(text: str) -> tuple[tuple[str, str], ...]:
@@ -147,8 +148,8 @@ def _result_caption(rank: int, result: SearchResult) -> str:
     return f"{rank}. {Path(result.path).name} · {result.score:.3f}"
 
 
-def build_app(collection: Collection) -> gr.Blocks:
-    """The Blocks app; launch it with `launch`."""
+def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
+    """The Blocks app; launch it with `launch`. Without ``allow_indexing`` nobody can add folders from the web."""
 
     def search(text, image, audio, negative, k, rerank):
         query = Query(
@@ -192,6 +193,8 @@ def build_app(collection: Collection) -> gr.Blocks:
         return answer.answer, round(answer.confidence, 4), choices, answer_heatmap(picture, answer.attention)
 
     def add_folder(folder, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects progress)
+        if not allow_indexing:
+            raise gr.Error("adding folders from the web is turned off on this server (mmodal serve --no-indexing)")
         if not (folder or "").strip():
             raise gr.Error("type the path of a folder on the server")
         try:
@@ -228,7 +231,7 @@ def build_app(collection: Collection) -> gr.Blocks:
                         query_audio = gr.Audio(label="Or say it", sources=["microphone", "upload"], type="numpy")
                 with gr.Row():
                     count = gr.Slider(1, MAX_RESULTS, value=12, step=1, label="Results")
-                    rerank = gr.Checkbox(value=True, label="Re-rank with early fusion (text queries)")
+                    rerank = gr.Checkbox(value=False, label="Re-rank the top 50 with early fusion (text queries)")
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                 gallery = gr.Gallery(label="Results", columns=6, height=420, elem_id="results", allow_preview=False)
                 rows_state = gr.State([])
@@ -272,10 +275,15 @@ def build_app(collection: Collection) -> gr.Blocks:
 
             with gr.Tab("Index", id="index"):
                 folder = gr.Textbox(
-                    label="Folder on the server to add", placeholder="/home/me/Pictures", elem_id="folder"
+                    label="Folder on the server to add",
+                    placeholder="/home/me/Pictures",
+                    elem_id="folder",
+                    visible=allow_indexing,
                 )
-                add_button = gr.Button("Add to index", variant="primary", elem_id="add-button")
-                summary = gr.Textbox(label="Summary", lines=8, interactive=False, elem_id="summary")
+                add_button = gr.Button("Add to index", variant="primary", elem_id="add-button", visible=allow_indexing)
+                summary = gr.Textbox(
+                    label="Summary", lines=8, interactive=False, elem_id="summary", visible=allow_indexing
+                )
                 index_stats = gr.JSON(label="Index", elem_id="index-stats")
                 refresh = gr.Button("Refresh statistics")
 
@@ -321,7 +329,7 @@ def allow_serving(app: gr.Blocks, collection: Collection) -> None:
 
 def launch(collection: Collection, options: ServeOptions, block: bool = True) -> tuple[gr.Blocks, str]:
     """Starts the server; returns the app and its address. With ``block=False`` it runs in the background."""
-    app = build_app(collection)
+    app = build_app(collection, allow_indexing=options.allow_indexing)
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=options.concurrency)
     roots = collection.roots()
     _, url, _ = app.launch(

@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it picked
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the web app checks its own startup over HTTP
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

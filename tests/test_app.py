@@ -131,7 +131,14 @@ def test_only_indexed_folders_are_served(served, dataset):
     collection, url, client = served
     gallery, _ = search(client, "a red circle", k=1, rerank=False)
     assert gallery
-    for outside in ("/etc/passwd", str(collection.index_dir / "metadata.sqlite"), str(Path(__file__).resolve())):
+    root = dataset.root / "images"
+    outside_paths = (
+        "/etc/passwd",
+        f"{root}/../../../../../../etc/passwd",
+        str(collection.index_dir / "metadata.sqlite"),
+        str(Path(__file__).resolve()),
+    )
+    for outside in outside_paths:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{url}gradio_api/file={outside}")
         assert refused.value.code in (403, 404)
@@ -154,19 +161,21 @@ def test_add_folder_then_find_the_new_images(served, tmp_path):
     assert rows[0]["file"] == str(newcomer)
 
 
-def test_login_is_required_when_asked(tmp_path, model):
+def test_login_upload_limit_and_read_only_mode(tmp_path, model):
     index_dir = tmp_path / "index"
     folder = tmp_path / "pictures"
     folder.mkdir()
     Image.new("RGB", (80, 60), "red").save(folder / "red.png")
     index_collection(model, [folder], index_dir, workers=1, show_progress=False)
-    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"), max_upload="2kb")
+    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"), max_upload="2kb", allow_indexing=False)
     app, url = launch(Collection(index_dir, model), options, block=False)
     try:
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(url, verbose=False)
         client = Client(url, auth=("ana", "secret"), verbose=False)
         assert client.predict(api_name="/stats")["images"] == 1
+        with pytest.raises(AppError, match="turned off"):
+            client.predict(str(folder), api_name="/add_folder")
         big = tmp_path / "big.png"
         Image.effect_noise((200, 200), 64).save(big)
         with pytest.raises(ValueError, match="exceeds the maximum file size of 2048 bytes"):
