@@ -167,7 +167,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         return gallery, rows, rows
 
     def show_result(rows: list[dict], selected: gr.SelectData):  # Gradio fills it in by its type
-        if not rows or selected is None or not 0 <= selected.index < len(rows):
+        if not rows or not 0 <= selected.index < len(rows):
             raise gr.Error("search, then select a result to open it")
         row = rows[selected.index]
         details = dict(row)
@@ -295,7 +295,10 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             api_name="search",
             concurrency_id="model",
         )
-        gallery.select(show_result, [rows_state], [picked, picked_info], api_name="select_result")
+        # A selection only means something on the page that holds the results, so API clients do not get it.
+        gallery.select(
+            show_result, [rows_state], [picked, picked_info], api_name="select_result", api_visibility="private"
+        )
         gr.on(
             [picked_ask.click, picked_question.submit],
             ask,

@@ -195,3 +195,15 @@ def test_serve_creates_an_empty_index_to_add_folders_to(tmp_path, model):
     collection = Collection(tmp_path / "new-index", model)
     stats = collection.stats()
     assert (stats["images"], stats["model"], stats["roots"]) == (0, model.config.name, [])
+
+
+def test_the_remaining_endpoints_answer_over_http(served, dataset):
+    collection, _, client = served
+    assert client.predict(api_name="/stats_on_load") == collection.stats()
+    record = next(q for q in dataset.questions if q.type == "size")
+    image_file = dataset.root / next(r.file for r in dataset.images if r.id == record.image_id)
+    direct = client.predict(handle_file(str(image_file)), record.question, 2, api_name="/ask")
+    about_result = client.predict(handle_file(str(image_file)), record.question, 2, api_name="/ask_about_result")
+    assert about_result[:3] == direct[:3]
+    # Selecting acts on the page's own results (the browser test clicks one); API clients are not offered it.
+    assert "/select_result" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
