@@ -102,8 +102,8 @@ class Collection:
         finally:
             self._indexing.release()
             with self._swap:
-                if self._searcher is not None:
-                    self._searcher.index.close()
+                # The next search opens the index afresh; a search still running keeps the old one until it
+                # ends (its SQLite connection closes when the last reference goes).
                 self._searcher = None
         return summary
 
