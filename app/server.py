@@ -140,8 +140,7 @@ def _api_row(result: SearchResult) -> dict:
     """A result as the API returns it: "file" rather than the CLI's "path", because gradio_client takes any
     {"path": ...} in a reply for a file to download and would swap in a local copy."""
     row = result.to_dict()
-    row["file"] = row.pop("path")
-    return {"file": row.pop("file"), **row}
+    return {"file": row.pop("path"), **row}
 
 
 def _result_caption(rank: int, result: SearchResult) -> str:
@@ -299,22 +298,25 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         gallery.select(
             show_result, [rows_state], [picked, picked_info], api_name="select_result", api_visibility="private"
         )
-        gr.on(
-            [picked_ask.click, picked_question.submit],
-            ask,
-            [picked, picked_question, alternatives],
-            [picked_answer, picked_confidence, picked_choices, picked_map],
-            api_name="ask_about_result",
-            concurrency_id="model",
-        )
-        gr.on(
-            [ask_button.click, question.submit],
-            ask,
-            [ask_image, question, alternatives],
-            [answer_text, confidence, choices, heat_map],
-            api_name="ask",
-            concurrency_id="model",
-        )
+        # One handler behind two question boxes: under a selected result, and in the Ask tab.
+        for name, button, image, question_box, outputs in (
+            (
+                "ask_about_result",
+                picked_ask,
+                picked,
+                picked_question,
+                [picked_answer, picked_confidence, picked_choices, picked_map],
+            ),
+            ("ask", ask_button, ask_image, question, [answer_text, confidence, choices, heat_map]),
+        ):
+            gr.on(
+                [button.click, question_box.submit],
+                ask,
+                [image, question_box, alternatives],
+                outputs,
+                api_name=name,
+                concurrency_id="model",
+            )
         add_button.click(add_folder, [folder], [summary, index_stats], api_name="add_folder", concurrency_id="index")
         refresh.click(stats, None, [index_stats], api_name="stats")
         app.load(stats, None, [index_stats], api_name="stats_on_load")

@@ -35,8 +35,8 @@ WEIGHTS_FILE = "model.safetensors"
 EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the package, by name
 DEFAULT_MODEL = "shapes"
 MAX_TEXT_CHARS = 1000
-# Per-patch targets: each attribute plus "no object centred here".
 MAX_ANSWER_TOKENS = 8
+# Per-patch targets: each attribute plus "no object centred here".
 PATCH_CLASSES = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1}
 
 

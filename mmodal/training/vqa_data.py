@@ -24,9 +24,6 @@ class QuestionAnswerData:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def texts(self) -> list[str]:
-        return [f"{q} {a}" for _, q, a in self.pairs]
-
     def batch(self, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[str], list[str]]:
         picks = rng.choice(len(self.pairs), size=min(size, len(self.pairs)), replace=False)
         pixels, questions, answers = [], [], []
