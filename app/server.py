@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, MAX_RESULTS, MAX_UPLOAD, QUEUE_SIZE
 from indexes.collection import ImageIndex
@@ -31,6 +31,7 @@ from mmodal.search import Query, Searcher, SearchResult
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 320
+MATCH_COLOR = (255, 255, 0)  # boxes around the objects a query matched
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,19 @@ def _user_error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 
 
-def _thumbnail(path: str) -> Image.Image:
+def _thumbnail(path: str, matched: list[dict] | tuple[dict, ...] = ()) -> Image.Image:
+    """The picture, small, with a box around each object the query's phrases matched (numbered by phrase)."""
     try:
-        image = read_image(path, draft_size=THUMBNAIL_SIDE).image
+        image = read_image(path, draft_size=THUMBNAIL_SIDE).image.convert("RGB")
     except ImageSkipped as skipped:  # moved or changed since indexing: show a grey tile, keep the rank
         log.warning("cannot show %s: %s", path, skipped.reason)
         return Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (128, 128, 128))
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    draw = ImageDraw.Draw(image)
+    for number, slot in enumerate(matched, 1):
+        cx, cy, half = slot["cx"] * image.width, slot["cy"] * image.height, slot["d"] * image.width * 0.6
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), outline=MATCH_COLOR, width=2)
+        draw.text((cx - half + 3, cy - half + 1), str(number), fill=MATCH_COLOR)
     return image
 
 
@@ -162,7 +169,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         except (ValueError, OSError, IndexProblem) as error:
             raise _user_error(error) from None
         rows = [_api_row(r) for r in results]
-        gallery = [(_thumbnail(r.path), _result_caption(i, r)) for i, r in enumerate(results, 1)]
+        gallery = [(_thumbnail(r.path, r.matched), _result_caption(i, r)) for i, r in enumerate(results, 1)]
         return gallery, rows, rows
 
     def show_result(rows: list[dict], selected: gr.SelectData):  # Gradio fills it in by its type
@@ -230,7 +237,9 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         query_audio = gr.Audio(label="Or say it", sources=["microphone", "upload"], type="numpy")
                 with gr.Row():
                     count = gr.Slider(1, MAX_RESULTS, value=12, step=1, label="Results")
-                    rerank = gr.Checkbox(value=False, label="Re-rank the top 50 with early fusion (text queries)")
+                    rerank = gr.Checkbox(
+                        value=True, label="Re-rank with the slot reasoner (text queries; boxes show what matched)"
+                    )
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                 gallery = gr.Gallery(label="Results", columns=6, height=420, elem_id="results", allow_preview=False)
                 rows_state = gr.State([])

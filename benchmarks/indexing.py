@@ -72,7 +72,7 @@ def forward_rate(model, n: int, batch_size: int) -> float:
 
     from encoders.image import normalize_pixels
 
-    size = model.config.image.image_size
+    size = model.input_size
     batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     model.encode_image(normalize_pixels(batch))
     start = time.perf_counter()
@@ -154,7 +154,7 @@ def main() -> None:
     from mmodal.model import MModalModel
 
     model = MModalModel.from_pretrained(args.model)
-    size = model.config.image.image_size
+    size = model.input_size
     report = {"images": len(paths), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     # The machine's speed drifts: each repeat measures the three parts back to back, and the report gives
     # the median of each figure and of the per-repeat share of the bound.

@@ -21,3 +21,13 @@ def letterbox(image: Image.Image, size: int) -> Image.Image:
 def letterboxed_array(image: Image.Image, size: int) -> np.ndarray:
     """One PIL image → letterboxed uint8 pixels, channels first: (3, size, size)."""
     return np.ascontiguousarray(np.asarray(letterbox(image, size), dtype=np.uint8).transpose(2, 0, 1))
+
+
+def letterbox_frame(width: int, height: int) -> tuple[float, float, float, float]:
+    """Where a ``width`` × ``height`` picture lands inside its letterboxed square: (x0, y0, w, h) as fractions
+    of the square's side. Positions in the square map back to the picture as ``((x - x0) / w, (y - y0) / h)``."""
+    if width < 1 or height < 1:
+        raise ValueError(f"an image of {width}×{height} pixels has no frame")
+    side = max(width, height)
+    w, h = width / side, height / side
+    return (1 - w) / 2, (1 - h) / 2, w, h

@@ -52,3 +52,24 @@ class Adapter(nn.Module):
         pooled = self.pool(tokens, mask)  # (B, C)
         embedding = self.project(pooled + self.mlp(pooled))  # (B, D)
         return F.normalize(embedding, dim=-1) if normalize else embedding
+
+
+class SlotPooler(nn.Module):
+    """An image's object slots → its late-fusion embedding: each slot embedded alone, then summed by presence.
+
+    A sum over slots keeps one term per object, so the pooled vector says which colour sits with which shape;
+    the slots' own attribute probabilities carry the binding that a pooled patch grid blurs.
+    """
+
+    def __init__(self, slot_dim: int, embed_dim: int, width: int = 256):
+        super().__init__()
+        self.slot_mlp = nn.Sequential(nn.Linear(slot_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU())
+        self.project = nn.Linear(width, embed_dim, bias=False)
+
+    def forward(self, slots: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """slots (B, N, F), presence in column 0 → (B, D)."""
+        presence = slots[..., :1]  # (B, N, 1)
+        pooled = (self.slot_mlp(slots) * presence).sum(dim=1)  # (B, W)
+        embedding = self.project(self.head(pooled))
+        return F.normalize(embedding, dim=-1) if normalize else embedding

@@ -1,7 +1,6 @@
-"""Progressive fusion: modal attention over image patches and text tokens, topped by pooled late features.
+"""Modal attention over image patches and question tokens: the answer prefix's early fusion.
 
-Cross-attention enters at the shallow fusion layers; at the top, the pooled fused tokens meet the late
-(dual-encoder) embeddings of both sides, and a head scores whether the text matches the image.
+Search re-ranks with the slot reasoner (``fusion.reasoner``); this patch-level fusion feeds the answer prefix.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fusion.adapters import masked_mean
 from fusion.modal_attention import ModalAttentionLayer
 
 
@@ -50,34 +48,3 @@ class EarlyFusion(nn.Module):
     def attention_map(self) -> torch.Tensor | None:
         """Text-to-image attention of the last layer from the last call with ``keep_weights``: (B, T, N)."""
         return self.layers[-1].text_to_image.last_weights
-
-
-class MatchingHead(nn.Module):
-    """Scores image–text match from pooled fused tokens and the late embeddings (progressive fusion's top)."""
-
-    def __init__(self, config: FusionConfig):
-        super().__init__()
-        w, d = config.width, config.embed_dim
-        self.mlp = nn.Sequential(nn.Linear(2 * w + 2 * d + 1, 2 * w), nn.GELU(), nn.Linear(2 * w, 1))
-
-    def forward(
-        self,
-        fused_text: torch.Tensor,
-        text_mask: torch.Tensor,
-        fused_image: torch.Tensor,
-        late_image: torch.Tensor,
-        late_text: torch.Tensor,
-    ) -> torch.Tensor:
-        """→ (B,) match logits."""
-        similarity = (late_image * late_text).sum(dim=-1, keepdim=True)
-        features = torch.cat(
-            [
-                masked_mean(fused_text, text_mask),
-                fused_image.mean(dim=1),
-                late_image * late_text,
-                late_image - late_text,
-                similarity,
-            ],
-            dim=-1,
-        )
-        return self.mlp(features).squeeze(-1)

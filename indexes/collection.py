@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class ImageIndex:
                     factory=factory or "Flat",
                     factory_chosen_by="user" if factory else "size",
                 )
-            store = MetadataStore(folder / METADATA_FILE, model.dim)
+            store = MetadataStore(folder / METADATA_FILE, manifest.model.dim, manifest.model.slot_dim)
             index = _read_checked(folder, manifest, repair=True) or vectors.new_index(manifest.factory, model.dim)
             if not (folder / MANIFEST_FILE).exists():
                 manifest.save(folder)
@@ -106,7 +107,7 @@ class ImageIndex:
         index = _read_checked(folder, manifest, repair=False)
         if index is None:
             index = vectors.new_index(manifest.factory, manifest.model.dim)
-        store = MetadataStore(folder / METADATA_FILE, manifest.model.dim)
+        store = MetadataStore(folder / METADATA_FILE, manifest.model.dim, manifest.model.slot_dim)
         behind = store.count() - index.ntotal
         if behind > 0:
             log.warning(
@@ -179,6 +180,11 @@ class ImageIndex:
             [Hit(items[i], float(s)) for s, i in zip(row_scores, row_ids.tolist()) if i in items and items[i].paths]
             for row_scores, row_ids in zip(scores, ids)
         ]
+
+    def slots_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Object slots of the given items, float32 (n_slots, slot_dim) each, to re-rank hits without reading
+        images; an item stored without slots has shape (0, slot_dim) and ids not in the index are left out."""
+        return self.store.slots(ids)
 
     def near_duplicates(self, threshold: float, neighbours: int = 10) -> list[list[ItemInfo]]:
         """Groups of images whose embeddings are at least ``threshold`` cosine-similar (connected pairs)."""

@@ -13,7 +13,7 @@ from indexes.atomic import write_bytes
 from indexes.errors import IndexCorruptedError, ModelMismatchError
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items keep object slots beside their vectors (metadata column ``slots``)
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class ModelIdentity:
     name: str
     weights_hash: str
     dim: int
+    slot_dim: int = 0  # width of the object slots the model writes beside each vector; 0 when it writes none
 
 
 @dataclass
@@ -41,10 +42,16 @@ class Manifest:
     @classmethod
     def load(cls, folder: Path) -> Manifest:
         data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        if data.get("format_version") != FORMAT_VERSION:
+        found = data.get("format_version")
+        if found != FORMAT_VERSION:
+            if isinstance(found, int) and found > FORMAT_VERSION:
+                made_by = "a newer mmodal; upgrade mmodal to read it, or"
+            else:
+                made_by = "an older mmodal that does not store object slots;"
             raise IndexCorruptedError(
-                f"{folder} has index format {data.get('format_version')}; this mmodal reads format {FORMAT_VERSION}. "
-                "Re-index the collection into a new folder."
+                f"the index in {folder} has format {found}, but this mmodal reads only format {FORMAT_VERSION}. "
+                f"It was written by {made_by} re-index the collection into a new folder "
+                f"(`mmodal index PATH --index NEW_FOLDER`); it cannot be upgraded in place."
             )
         data["model"] = ModelIdentity(**data["model"])
         return cls(**data)
@@ -56,11 +63,14 @@ class Manifest:
     def check_model(self, model: ModelIdentity, folder: Path) -> None:
         if model != self.model:
             raise ModelMismatchError(
-                f"the index in {folder} was built with model {self.model.name!r} "
-                f"(weights {self.model.weights_hash[:12]}, {self.model.dim}-d) but the model in use is "
-                f"{model.name!r} (weights {model.weights_hash[:12]}, "
-                f"{model.dim}-d). Search it with the model that built it, or index into a new folder."
+                f"the index in {folder} was built with model {_describe(self.model)} but the model in use is "
+                f"{_describe(model)}. Search it with the model that built it, or index into a new folder."
             )
+
+
+def _describe(model: ModelIdentity) -> str:
+    slots = f", {model.slot_dim}-d object slots" if model.slot_dim else ", no object slots"
+    return f"{model.name!r} (weights {model.weights_hash[:12]}, {model.dim}-d vectors{slots})"
 
 
 def file_checksum(path: Path, chunk: int = 1 << 22) -> str:

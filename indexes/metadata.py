@@ -1,22 +1,30 @@
-"""The metadata store: one SQLite database holding every indexed item, its files and its vector.
+"""The metadata store: one SQLite database holding every indexed item, its files, its vector and its slots.
 
 An item is one distinct image content (keyed by content hash); a file is a path that holds it, so two
 copies of a picture share one vector and a moved file keeps its item. The vectors live here too, which
 makes this database the source of truth: the FAISS file is derived from it and can always be rebuilt.
 Each batch is one transaction, so a crash loses at most the batch in flight and never half of one.
+
+Beside its vector an item may keep a few "object slots" (an (n_slots, slot_dim) array, n_slots 0..16) so that
+search can re-rank candidates without reading images. They are stored as little-endian float16 bytes; the
+number of rows is implicit in the blob's length (``len(blob) / (2 * slot_dim)``), and NULL means none.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from indexes.errors import IndexCorruptedError
+
 METADATA_FILE = "metadata.sqlite"
+MAX_SLOTS = 16
+SLOT_DTYPE = np.dtype("<f2")  # little-endian float16 on disk, whatever the machine
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -26,7 +34,8 @@ CREATE TABLE IF NOT EXISTS items (
     height INTEGER NOT NULL,
     format TEXT,
     vector BLOB NOT NULL,
-    added REAL NOT NULL
+    added REAL NOT NULL,
+    slots BLOB
 );
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
@@ -58,6 +67,7 @@ class NewItem:
     height: int
     format: str | None
     vector: np.ndarray  # (D,) float32
+    slots: np.ndarray | None = None  # (n_slots, slot_dim) float32, n_slots 0..16; None when the model gave none
 
 
 @dataclass(frozen=True)
@@ -71,14 +81,25 @@ class ItemInfo:
 
 
 class MetadataStore:
-    def __init__(self, path: Path, dim: int):
+    def __init__(self, path: Path, dim: int, slot_dim: int = 0):
         self.path = path
         self.dim = dim
+        self.slot_dim = slot_dim
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT) so a batch lands whole.
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
+            if "slots" not in columns:  # CREATE TABLE IF NOT EXISTS leaves an older table as it was
+                raise IndexCorruptedError(
+                    f"{path} was written by an older mmodal (its items have no object slots); "
+                    "re-index the collection into a new folder."
+                )
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -124,6 +145,42 @@ class MetadataStore:
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
         return ids, vectors
+
+    def slots(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Each found item's object slots as a float32 (n_slots, slot_dim) array; (0, slot_dim) when it has none.
+
+        Ids not in the store are left out of the answer.
+        """
+        ids = [int(i) for i in ids]
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for item_id, blob in self.db.execute(f"SELECT id, slots FROM items WHERE id IN ({marks})", part):
+                found[item_id] = self._unpack_slots(blob)
+        return found
+
+    def _unpack_slots(self, blob: bytes | None) -> np.ndarray:
+        if not blob or self.slot_dim == 0:
+            return np.zeros((0, self.slot_dim), dtype=np.float32)
+        return np.frombuffer(blob, dtype=SLOT_DTYPE).reshape(-1, self.slot_dim).astype(np.float32)
+
+    def _pack_slots(self, slots: np.ndarray | None) -> bytes | None:
+        if slots is None:
+            return None
+        slots = np.asarray(slots)
+        if slots.ndim != 2 or slots.shape[1] != self.slot_dim or not 0 <= slots.shape[0] <= MAX_SLOTS:
+            raise ValueError(
+                f"object slots of shape {slots.shape} do not fit this index: it takes up to {MAX_SLOTS} slots "
+                f"of {self.slot_dim} values each, as an (n_slots, {self.slot_dim}) array"
+            )
+        if self.slot_dim == 0 and slots.shape[0]:
+            raise ValueError("this index stores no object slots (its model's slot_dim is 0)")
+        with np.errstate(over="ignore"):  # overflow is reported below, as an error rather than a warning
+            packed = slots.astype(SLOT_DTYPE)
+        if not np.isfinite(packed).all():
+            raise ValueError("object slots hold values that are not finite as float16 (NaN, inf or beyond ±65504)")
+        return packed.tobytes()
 
     def items(self, ids: Iterable[int]) -> dict[int, ItemInfo]:
         ids = list(ids)
@@ -176,11 +233,13 @@ class MetadataStore:
                 vector = np.ascontiguousarray(item.vector, dtype=np.float32)
                 if vector.shape != (self.dim,):
                     raise ValueError(f"vector of shape {vector.shape} does not fit a {self.dim}-d index")
+                slots = self._pack_slots(item.slots)
                 existing = self.item_for_hash(item.content_hash)
-                if existing is None:
+                if existing is None:  # a known content keeps its item, vector and slots
                     cursor = self.db.execute(
-                        "INSERT INTO items (content_hash, width, height, format, vector, added) VALUES (?,?,?,?,?,?)",
-                        (item.content_hash, item.width, item.height, item.format, vector.tobytes(), now),
+                        "INSERT INTO items (content_hash, width, height, format, vector, added, slots)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (item.content_hash, item.width, item.height, item.format, vector.tobytes(), now, slots),
                     )
                     existing = cursor.lastrowid
                     ids.append(existing)

@@ -244,13 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--n-images", dest="n_images", type=_positive_int, help="images to generate when --data is missing"
     )
-    train.add_argument("--steps", type=_positive_int)
+    train.add_argument("--steps", type=_positive_int, help="steps of the full, clip and vqa recipes")
+    for stage, what in (
+        ("perception", "detector and crop"),
+        ("reasoner", "ground-truth slots"),
+        ("joint", "own slots"),
+    ):
+        train.add_argument(
+            f"--{stage}-steps", dest=f"{stage}_steps", type=_positive_int, help=f"slots recipe: {what} stage steps"
+        )
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
     train.add_argument("--lr", type=float)
     train.add_argument(
         "--recipe",
-        choices=("full", "clip", "vqa"),
-        help="full (default), the plain-InfoNCE CLIP baseline, or vqa: answers only, on --data or VQAv2 files",
+        choices=("slots", "full", "clip", "vqa"),
+        help="slots (default): object slots and the slot reasoner over the towers of --init-from (default: the "
+        "shipped model); full: the towers; clip: the plain-InfoNCE baseline; vqa: answers only, on --data or VQAv2",
     )
     train.add_argument("--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe vqa)")
     train.add_argument("--vqa-annotations", dest="vqa_annotations", help="VQAv2 annotations JSON")
@@ -274,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not train the audio tower (and generate no speech)",
     )
     train.add_argument(
-        "--init-from", dest="init_from", help="start from this model folder's weights instead of from scratch"
+        "--init-from",
+        dest="init_from",
+        help="start from this model folder's weights instead of from scratch (slots recipe: take its towers)",
     )
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument(

@@ -9,7 +9,9 @@ from typing import Any
 
 from encoders.audio import AudioEncoderConfig
 from encoders.image import ImageEncoderConfig
+from encoders.slots import SlotConfig
 from fusion.early import FusionConfig
+from fusion.reasoner import ReasonerConfig
 
 CONFIG_FILE = "config.json"
 
@@ -40,6 +42,12 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    slots: SlotConfig | None = None  # object slots (detector, crop classifier) for late and early fusion
+    reasoner: ReasonerConfig | None = None  # the slot reasoner that re-ranks; set together with ``slots``
+
+    def __post_init__(self) -> None:
+        if (self.slots is None) != (self.reasoner is None):
+            raise ValueError("a model config sets slots and reasoner together, or neither")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,7 +55,14 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Builds a config from its JSON form, rejecting unknown fields with a clear message."""
-        parts = {"image": ImageEncoderConfig, "text": TextConfig, "audio": AudioEncoderConfig, "fusion": FusionConfig}
+        parts = {
+            "image": ImageEncoderConfig,
+            "text": TextConfig,
+            "audio": AudioEncoderConfig,
+            "fusion": FusionConfig,
+            "slots": SlotConfig,
+            "reasoner": ReasonerConfig,
+        }
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(
@@ -55,13 +70,15 @@ class ModelConfig:
             )
         kwargs: dict[str, Any] = {"name": data.get("name", "shapes")}
         for key, part in parts.items():
+            if key in ("slots", "reasoner") and data.get(key) is None:
+                continue
             values = dict(data.get(key, {}))
             allowed = {f.name for f in fields(part)}
             if set(values) - allowed:
                 raise ValueError(
                     f"unknown {key} config field(s) {sorted(set(values) - allowed)}; expected {sorted(allowed)}"
                 )
-            kwargs[key] = part(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            kwargs[key] = part(**{k: _tuples(v) for k, v in values.items()})
         return cls(**kwargs)
 
     def save(self, folder: str | Path) -> None:
@@ -75,6 +92,37 @@ class ModelConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: a model folder holds {CONFIG_FILE} and model.safetensors")
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the configs hold, inside dicts too."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def with_slots(config: ModelConfig, attributes: dict[str, tuple[str, ...]], relations: tuple[str, ...]) -> ModelConfig:
+    """``config`` with object slots and the slot reasoner for a world of these attributes and relations."""
+    slots = SlotConfig(attributes=dict(attributes))
+    reasoner = ReasonerConfig(attributes=dict(attributes), relations=tuple(relations))
+    if config.name == "tiny":
+        slots = replace(
+            slots,
+            source_size=32,
+            patch_size=4,
+            embed_dim=16,
+            depths=(1, 1),
+            num_heads=(1, 2),
+            crop_size=16,
+            crop_embed_dim=16,
+            crop_depths=(1, 1),
+            crop_num_heads=(1, 2),
+            max_slots=4,
+        )
+        reasoner = replace(reasoner, width=32, num_layers=1, num_heads=2)
+    return replace(config, slots=slots, reasoner=reasoner)
 
 
 def tiny_config() -> ModelConfig:

@@ -1,4 +1,5 @@
-"""Evaluation on a Shapes test split: search P@10 and mAP per query kind, foil accuracy, speech, MoE health."""
+"""Evaluation on a Shapes test split: search P@10 and mAP per query kind (embedding, re-ranked, and the reasoner on
+ground-truth slots), recall@K of the embedding, the detector per object, foils, speech, VQA and MoE health."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from tqdm import tqdm
 
 from mmodal.data.dataset import Dataset
 from mmodal.model import MModalModel
+from mmodal.search import RERANK_TOP
 
 log = logging.getLogger(__name__)
 
-RERANK_TOP = 50
+RECALL_AT = (10, 50, 100, 200, 500)
 
 
 def precision_at_10(ranking: np.ndarray, relevant: set[int]) -> float:
@@ -40,14 +42,14 @@ def _chunks(items, size):
 
 
 @torch.inference_mode()
-def _image_features(model: MModalModel, dataset: Dataset, batch_size: int):
-    tokens, embeddings = [], []
+def _image_features(model: MModalModel, dataset: Dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every test image's embedding (N, D) and object slots (N, S, F), as the indexer computes them."""
+    embeddings, slots = [], []
     for chunk in tqdm(list(_chunks(dataset.images, batch_size)), desc="images", unit="batch", leave=False):
-        pixels = model.preprocess_images([Image.open(dataset.image_path(r)) for r in chunk])
-        t = model.image_tokens(pixels)
-        tokens.append(t)
-        embeddings.append(model.embed_image_tokens(t))
-    return torch.cat(tokens), torch.cat(embeddings)
+        e, s = model.encode_image_slots([Image.open(dataset.image_path(r)) for r in chunk])
+        embeddings.append(e)
+        slots.append(s)
+    return torch.cat(embeddings), torch.cat(slots)
 
 
 @torch.inference_mode()
@@ -66,15 +68,6 @@ def _text_features(
         if entropies is not None:
             entropies.append(model.language.router_entropy())
     return out
-
-
-@torch.inference_mode()
-def _match_scores(model, image_tokens, image_emb, text_tokens, text_mask, text_emb) -> torch.Tensor:
-    """Match logits of one text (1, T, H) against many images (K, N, C)."""
-    k = image_tokens.shape[0]
-    return model.match_tokens(
-        image_tokens, text_tokens.expand(k, -1, -1), text_mask.expand(k, -1), image_emb, text_emb.expand(k, -1)
-    )
 
 
 def _search_metrics(rankings: dict[str, list[np.ndarray]], dataset: Dataset, index_of: dict[str, int]) -> dict:
@@ -102,7 +95,7 @@ def evaluate(
     ``blind`` answers the questions with every image blanked, as a question-only model was trained."""
     model.eval()
     index_of = {r.id: i for i, r in enumerate(dataset.images)}
-    image_tokens, image_emb = _image_features(model, dataset, batch_size)
+    image_emb, slots = _image_features(model, dataset, batch_size)
     texts = [q.text for q in dataset.queries]
     routed: list[torch.Tensor] = []
     entropies: list[float] = []
@@ -110,29 +103,27 @@ def evaluate(
     text_emb = torch.cat([b[2] for b in text_batches])
     similarity = text_emb @ image_emb.t()  # (Q, N)
     embedding_rankings = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in similarity]
-    reranked = []
-    flat = [
-        (tokens[i : i + 1], mask[i : i + 1], emb[i : i + 1])
-        for tokens, mask, emb in text_batches
-        for i in range(len(tokens))
-    ]
-    for ranking, (tokens, mask, emb) in tqdm(
-        list(zip(embedding_rankings, flat)), desc="re-rank", unit="query", leave=False
-    ):
-        top = torch.as_tensor(ranking[:rerank_top].copy())
-        scores = _match_scores(model, image_tokens[top], image_emb[top], tokens, mask, emb)
-        order = torch.argsort(scores.float(), descending=True, stable=True).cpu().numpy()
-        reranked.append(np.concatenate([ranking[:rerank_top][order], ranking[rerank_top:]]))
     result = {
         "images": len(dataset.images),
         "queries": len(dataset.queries),
-        "search": {
-            "embedding": _search_metrics(embedding_rankings, dataset, index_of),
-            "reranked": _search_metrics(reranked, dataset, index_of),
-        },
+        "search": {"embedding": _search_metrics(embedding_rankings, dataset, index_of)},
     }
+    if model.has_slots:
+        result["search"]["recall_at"] = _recall_at(embedding_rankings, dataset, index_of)
+        result["search"]["rerank_top"] = rerank_top
+        parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
+        reranked = []
+        for ranking, parse in tqdm(list(zip(embedding_rankings, parses)), desc="re-rank", unit="query", leave=False):
+            top = ranking[:rerank_top].copy()
+            probability = model.decide(parse, slots[torch.as_tensor(top)]).probability.float().cpu().numpy()
+            order = np.argsort(-probability, kind="stable")  # ties keep the embedding's order
+            reranked.append(np.concatenate([top[order], ranking[rerank_top:]]))
+        result["search"]["reranked"] = _search_metrics(reranked, dataset, index_of)
+        if all(r.scene is not None for r in dataset.images):
+            result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
+            result["detector"] = _detector_metrics(model, dataset, slots)
     if dataset.foils:
-        result["foils"] = _foil_accuracy(model, dataset, image_tokens, image_emb, index_of, batch_size)
+        result["foils"] = _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size)
     spoken = [q for q in dataset.queries if q.audio]
     if spoken:
         result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size)
@@ -147,6 +138,65 @@ def evaluate(
             "router_entropy_of_max": round(float(np.mean(entropies)), 4),
         }
     return result
+
+
+def _recall_at(rankings: list[np.ndarray], dataset: Dataset, index_of: dict[str, int]) -> dict:
+    """Share of each query's relevant images that the embedding puts in its top K, per query kind."""
+    per_kind: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for query, ranking in zip(dataset.queries, rankings):
+        relevant = {index_of[i] for i in query.relevant}
+        for kind in [query.kind, "all"] if query.kind else ["all"]:
+            for k in RECALL_AT:
+                per_kind[kind][k].append(len(relevant & set(ranking[:k].tolist())) / len(relevant))
+    return {kind: {str(k): round(float(np.mean(v)), 4) for k, v in ks.items()} for kind, ks in sorted(per_kind.items())}
+
+
+def _ground_truth_search(model: MModalModel, dataset: Dataset, parses, index_of: dict[str, int]) -> dict:
+    """The reasoner alone: every query decided over every image's ground-truth slots (perception taken out)."""
+    from mmodal.training.slots import ground_truth_slots
+
+    rng = np.random.default_rng(0)
+    layout = model.slot_encoder.layout
+    truth = torch.stack(
+        [ground_truth_slots(r.scene, layout, model.config.slots.max_slots, rng) for r in dataset.images]
+    )
+    rankings = []
+    for parse in tqdm(parses, desc="ground-truth slots", unit="query", leave=False):
+        probability = model.decide(parse, truth).probability.float().cpu().numpy()
+        rankings.append(np.argsort(-probability, kind="stable"))
+    return _search_metrics(rankings, dataset, index_of)
+
+
+def _detector_metrics(model: MModalModel, dataset: Dataset, slots: torch.Tensor) -> dict:
+    """Per object of the scene graphs: found (a slot's centre within half its diameter), and each attribute right
+    among the found; spurious slots per image."""
+    layout = model.slot_encoder.layout
+    found, spurious, right = 0, 0, defaultdict(int)
+    total = 0
+    for record, image_slots in zip(dataset.images, slots):
+        present = image_slots[image_slots[:, 0] > 0].float().cpu()
+        used: set[int] = set()
+        for o in record.scene.objects:
+            total += 1
+            if len(present) == 0:
+                continue
+            position = present[:, layout.position]
+            distance = ((position[:, 0] - o.cx) ** 2 + (position[:, 1] - o.cy) ** 2).sqrt()
+            distance[list(used)] = float("inf")
+            best = int(distance.argmin())
+            if distance[best] > o.d / 2:
+                continue
+            used.add(best)
+            found += 1
+            for name, values in layout.attributes.items():
+                right[name] += values[int(present[best, layout.span(name)].argmax())] == getattr(o, name)
+        spurious += len(present) - len(used)
+    return {
+        "objects": total,
+        "found": round(found / max(1, total), 4),
+        **{name: round(right[name] / max(1, found), 4) for name in layout.attributes},
+        "spurious_per_image": round(spurious / max(1, len(dataset.images)), 4),
+    }
 
 
 def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -198,22 +248,26 @@ def evaluate_vqa(
     return result
 
 
-def _foil_accuracy(model, dataset, image_tokens, image_emb, index_of, batch_size) -> dict:
+def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> dict:
+    """How often the true caption beats its foil: by embedding similarity, and by the reasoner when present."""
     correct: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"embedding": [], "reranked": []})
     for chunk in _chunks(dataset.foils, batch_size):
         rows = torch.tensor([index_of[f.image_id] for f in chunk])
-        both = _text_features(model, [f.caption for f in chunk] + [f.foil for f in chunk], 2 * len(chunk))[0]
-        tokens, mask, emb = both
+        emb = _text_features(model, [f.caption for f in chunk] + [f.foil for f in chunk], 2 * len(chunk))[0][2]
         n = len(chunk)
         true_sim = (image_emb[rows] * emb[:n]).sum(-1)
         foil_sim = (image_emb[rows] * emb[n:]).sum(-1)
-        true_match = model.match_tokens(image_tokens[rows], tokens[:n], mask[:n], image_emb[rows], emb[:n])
-        foil_match = model.match_tokens(image_tokens[rows], tokens[n:], mask[n:], image_emb[rows], emb[n:])
-        for f, e, r in zip(chunk, (true_sim > foil_sim).tolist(), (true_match > foil_match).tolist()):
+        for f, e in zip(chunk, (true_sim > foil_sim).tolist()):
             correct[f.kind]["embedding"].append(e)
-            correct[f.kind]["reranked"].append(r)
+        if model.has_slots:
+            parses = model.read_queries([f.caption for f in chunk] + [f.foil for f in chunk])
+            for i, f in enumerate(chunk):
+                image = slots[rows[i] : rows[i] + 1]
+                true_p = model.decide(parses[i], image).probability
+                foil_p = model.decide(parses[n + i], image).probability
+                correct[f.kind]["reranked"].append(bool(true_p > foil_p))
     return {
-        kind: {k: round(float(np.mean(v)), 4) for k, v in scores.items()} | {"n": len(scores["embedding"])}
+        kind: {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v} | {"n": len(scores["embedding"])}
         for kind, scores in sorted(correct.items())
     }
 
@@ -238,15 +292,26 @@ def format_report(report: dict[str, dict]) -> str:
     names = list(report)
     rows: list[tuple[str, list[str]]] = []
     first = report[names[0]]
-    for stage in ("embedding", "reranked"):
+    for stage in ("embedding", "reranked", "ground_truth_slots"):
+        if any(stage not in r["search"] for r in report.values()):
+            continue
         for kind in first["search"][stage]:
             rows.append(
                 (f"search {stage} P@10 {kind}", [f"{r['search'][stage][kind]['p@10']:.3f}" for r in report.values()])
             )
         rows.append((f"search {stage} mAP all", [f"{r['search'][stage]['all']['map']:.3f}" for r in report.values()]))
+    if all("recall_at" in r["search"] for r in report.values()):
+        for k in first["search"]["recall_at"]["all"]:
+            rows.append(
+                (f"embedding recall@{k} all", [f"{r['search']['recall_at']['all'][k]:.3f}" for r in report.values()])
+            )
+    if all("detector" in r for r in report.values()):
+        for key in first["detector"]:
+            rows.append((f"detector {key}", [f"{r['detector'][key]}" for r in report.values()]))
     for kind in first.get("foils", {}):
         for stage in ("embedding", "reranked"):
-            rows.append((f"foil {kind} {stage}", [f"{r['foils'][kind][stage]:.3f}" for r in report.values()]))
+            values = [r["foils"][kind].get(stage) for r in report.values()]
+            rows.append((f"foil {kind} {stage}", ["–" if v is None else f"{v:.3f}" for v in values]))
     if "speech" in first:
         rows.append(("speech P@10", [f"{r['speech']['p@10']:.3f}" for r in report.values()]))
     if "vqa" in first:

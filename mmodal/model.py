@@ -1,10 +1,11 @@
-"""The multimodal model: image, text and audio towers, adapters into one space, and early fusion.
+"""The multimodal model: image, text and audio towers, object slots, adapters into one space, and early fusion.
 
 A checkpoint is a folder: ``config.json``, ``model.safetensors`` and the tokenizer files.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -20,14 +21,16 @@ from transformers import PreTrainedTokenizerFast
 
 from encoders.audio import AudioEncoder, preprocess_audio
 from encoders.errors import TowerInputError
-from encoders.image import SwinImageEncoder, preprocess_image
+from encoders.image import SwinImageEncoder, normalize_pixels, preprocess_image
 from encoders.language import MoEConfig, MoELanguageModel
-from fusion.adapters import Adapter
-from fusion.early import EarlyFusion, MatchingHead
+from encoders.pixels import letterbox_frame, letterboxed_array
+from encoders.slots import SlotEncoder
+from fusion.adapters import Adapter, SlotPooler
+from fusion.early import EarlyFusion
+from fusion.reasoner import Decision, Parse, SlotReasoner
 from fusion.vqa import AnswerPrefix
 from mmodal.config import ModelConfig
 from mmodal.fileio import default_file_mode
-from mmodal.shapes.semantics import COLORS, SHAPES, SIZES
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the 
 DEFAULT_MODEL = "shapes"
 MAX_TEXT_CHARS = 1000
 MAX_ANSWER_TOKENS = 8
-# Per-patch targets: each attribute plus "no object centred here".
-PATCH_CLASSES = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1}
 
 
 @dataclass
@@ -84,14 +85,32 @@ class MModalModel(nn.Module):
         self.image_tower = SwinImageEncoder(config.image)
         self.audio_tower = AudioEncoder(config.audio)
         d = config.fusion.embed_dim
-        self.image_adapter = Adapter(config.image.out_dim, d)
+        if config.slots is None:  # a model with slots pools its late image embedding from them instead
+            self.image_adapter = Adapter(config.image.out_dim, d)
         self.text_adapter = Adapter(t.hidden_size, d)
         self.audio_adapter = Adapter(config.audio.width, d)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         self.early_fusion = EarlyFusion(config.fusion, config.image.out_dim, t.hidden_size, config.image.grid**2)
-        self.matching_head = MatchingHead(config.fusion)
         self.answer_prefix = AnswerPrefix(config.fusion.width, t.hidden_size)
-        self.patch_heads = nn.ModuleDict({k: nn.Linear(config.image.out_dim, n) for k, n in PATCH_CLASSES.items()})
+        if config.slots is not None:
+            self.slot_encoder = SlotEncoder(config.slots)
+            self.slot_pooler = SlotPooler(self.slot_encoder.layout.width, d)
+            self.reasoner = SlotReasoner(config.reasoner, t.hidden_size)
+
+    @property
+    def has_slots(self) -> bool:
+        """Whether images become object slots (late embedding pooled from them, re-ranking by the reasoner)."""
+        return self.config.slots is not None
+
+    @property
+    def input_size(self) -> int:
+        """Side of the letterboxed square that ``encode_image`` reads."""
+        return self.config.slots.source_size if self.has_slots else self.config.image.image_size
+
+    @property
+    def slot_dim(self) -> int:
+        """Width of one slot row (0 when the model has no slots)."""
+        return self.slot_encoder.layout.width if self.has_slots else 0
 
     @property
     def device(self) -> torch.device:
@@ -156,18 +175,6 @@ class MModalModel(nn.Module):
         tokens, mask = self.audio_tower(waves, lengths)
         return self.audio_adapter(tokens, mask, normalize=normalize)
 
-    def match_tokens(
-        self,
-        image_tokens: torch.Tensor,
-        text_tokens: torch.Tensor,
-        text_mask: torch.Tensor,
-        late_image: torch.Tensor,
-        late_text: torch.Tensor,
-    ) -> torch.Tensor:
-        """Early-fusion match logits for aligned (image, text) rows: (B,)."""
-        fused_text, fused_image = self.early_fusion(image_tokens, text_tokens, text_mask)
-        return self.matching_head(fused_text, text_mask, fused_image, late_image, late_text)
-
     def answer_prefix_for(
         self, image_tokens: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor, keep_weights=False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,11 +206,53 @@ class MModalModel(nn.Module):
 
     # --------------------------------------------------------------------------------------- public API
 
+    def letterboxed(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """PIL images → pixels (B, 3, S, S) at ``input_size`` and each picture's frame in its square (B, 4)."""
+        if len(images) == 0:
+            raise TowerInputError("no images to encode")
+        for im in images:
+            if not isinstance(im, Image.Image):
+                raise TowerInputError(f"expected a PIL image, got {type(im).__name__}")
+        arrays = np.stack([letterboxed_array(im, self.input_size) for im in images])
+        frames = torch.tensor([letterbox_frame(im.width, im.height) for im in images])
+        return normalize_pixels(torch.from_numpy(arrays)).to(self.device), frames.to(self.device)
+
+    def image_slots(self, pixels: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) pixels at ``input_size`` → object slots (B, N, slot_dim); frames default to full squares."""
+        if frames is None:
+            frames = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=pixels.device).expand(len(pixels), -1)
+        return self.slot_encoder(pixels, frames)
+
     @torch.inference_mode()
-    def encode_image(self, images: Sequence[Image.Image] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Images (PIL, or preprocessed pixels) → (B, D) embeddings."""
-        pixels = images.to(self.device) if torch.is_tensor(images) else self.preprocess_images(images)
-        return self.embed_image_tokens(self.image_tokens(pixels), normalize=normalize)
+    def encode_image_slots(
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        frames: torch.Tensor | None = None,
+        normalize: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images → (B, D) embeddings and (B, N, slot_dim) object slots (a model without slots gives N = 0).
+
+        PIL images carry their own frame; preprocessed pixels take ``frames`` (B, 4) from
+        ``encoders.pixels.letterbox_frame``, or are taken as filling their square.
+        """
+        if torch.is_tensor(images):
+            pixels = images.to(self.device)
+        else:
+            pixels, frames = self.letterboxed(images)
+        if not self.has_slots:
+            embeddings = self.embed_image_tokens(self.image_tokens(pixels), normalize=normalize)
+            return embeddings, embeddings.new_zeros(len(pixels), 0, 0)
+        slots = self.image_slots(pixels, frames)
+        return self.slot_pooler(slots, normalize=normalize), slots
+
+    def encode_image(
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        frames: torch.Tensor | None = None,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """Images (PIL, or pixels at ``input_size``) → (B, D) embeddings."""
+        return self.encode_image_slots(images, frames, normalize=normalize)[0]
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
@@ -220,18 +269,45 @@ class MModalModel(nn.Module):
         waves, lengths = self.preprocess_audio(clips)
         return self.embed_audio(waves, lengths, normalize=normalize)
 
+    def require_slots(self) -> None:
+        if not self.has_slots:
+            raise TowerInputError(
+                f"model {self.config.name!r} has no object slots, so it cannot re-rank or match; "
+                "use a model trained with `mmodal train --recipe slots`"
+            )
+
+    @torch.inference_mode()
+    def read_queries(self, texts: Sequence[str]) -> list[Parse]:
+        """Texts → the slot reasoner's reading of each (parts, phrases, relations, counts)."""
+        self.require_slots()
+        ids, mask = self.tokenize(texts)
+        tokens, _ = self.text_tokens(ids, mask)
+        return self.reasoner.read(tokens, mask)
+
+    @torch.inference_mode()
+    def encode_and_read(self, texts: Sequence[str], normalize: bool = True) -> tuple[torch.Tensor, list[Parse]]:
+        """Texts → (B, D) embeddings and the reasoner's readings, from one pass of the language core."""
+        self.require_slots()
+        ids, mask = self.tokenize(texts)
+        tokens, _ = self.text_tokens(ids, mask)
+        return self.embed_text_tokens(tokens, mask, normalize=normalize), self.reasoner.read(tokens, mask)
+
+    @torch.inference_mode()
+    def decide(self, parse: Parse, slots: torch.Tensor) -> Decision:
+        """One reading against K images' slots (K, N, slot_dim) → probability it holds and the matched slots."""
+        self.require_slots()
+        if slots.shape[1] == 0:
+            slots = slots.new_zeros(len(slots), 1, self.slot_dim)
+        return self.reasoner.decide(parse, slots.to(self.device).float())
+
     @torch.inference_mode()
     def match(self, images: Sequence[Image.Image] | torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """Early-fusion match probability of each (image, text) pair, aligned by position: (B,)."""
-        pixels = images.to(self.device) if torch.is_tensor(images) else self.preprocess_images(images)
-        if len(pixels) != len(texts):
-            raise TowerInputError(f"match() pairs images with texts: got {len(pixels)} images and {len(texts)} texts")
-        ids, mask = self.tokenize(texts)
-        image_tokens = self.image_tokens(pixels)
-        text_tokens, _ = self.text_tokens(ids, mask)
-        late_image = self.embed_image_tokens(image_tokens)
-        late_text = self.embed_text_tokens(text_tokens, mask)
-        return torch.sigmoid(self.match_tokens(image_tokens, text_tokens, mask, late_image, late_text))
+        """Probability that each text holds of its image, by the slot reasoner, aligned by position: (B,)."""
+        if len(images) != len(texts):
+            raise TowerInputError(f"match() pairs images with texts: got {len(images)} images and {len(texts)} texts")
+        _, slots = self.encode_image_slots(images)
+        parses = self.read_queries(texts)
+        return torch.cat([self.decide(p, slots[i : i + 1]).probability for i, p in enumerate(parses)])
 
     @torch.inference_mode()
     def ask(
@@ -295,14 +371,17 @@ class MModalModel(nn.Module):
 
     # ------------------------------------------------------------------------------------- checkpoints
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Writes config.json, model.safetensors and the tokenizer files; the weights land atomically."""
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Writes config.json, model.safetensors and the tokenizer files; the weights land atomically.
+
+        ``dtype`` (e.g. torch.float16) stores the weights smaller; loading casts them back to the model's dtype.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder)
         self.tokenizer.save_pretrained(folder)
         tmp = folder / f".{WEIGHTS_FILE}.partial"
-        save_model(self, str(tmp))
+        save_model(self if dtype is None else copy.deepcopy(self).to(dtype), str(tmp))
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, folder / WEIGHTS_FILE)
 

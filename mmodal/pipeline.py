@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from encoders.image import normalize_pixels
+from encoders.pixels import letterbox_frame
 from indexes.collection import ImageIndex
 from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
@@ -79,7 +80,12 @@ def model_identity(model: MModalModel) -> ModelIdentity:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return ModelIdentity(name=model.config.name, weights_hash=digest.hexdigest(), dim=model.config.fusion.embed_dim)
+    return ModelIdentity(
+        name=model.config.name,
+        weights_hash=digest.hexdigest(),
+        dim=model.config.fusion.embed_dim,
+        slot_dim=model.slot_dim,
+    )
 
 
 def default_workers() -> int:
@@ -158,7 +164,7 @@ def _encode_files(
 ) -> None:
     if not paths:
         return
-    image_size = model.config.image.image_size
+    image_size = model.input_size
     context = clean_context(["mmodal.data.decode"])  # workers need only Pillow and numpy
     progress = tqdm(total=len(paths), desc="indexing", unit="img", disable=not show_progress or None, smoothing=0.1)
     to_encode: list[DecodedFile] = []
@@ -169,10 +175,22 @@ def _encode_files(
         new_items: list[NewItem] = []
         if to_encode:
             pixels = normalize_pixels(torch.from_numpy(np.stack([d.pixels for d in to_encode])))
-            vectors = model.encode_image(pixels).float().cpu().numpy()
+            frames = torch.tensor([letterbox_frame(d.width, d.height) for d in to_encode])
+            vectors, slots = model.encode_image_slots(pixels, frames)
+            vectors, slots = vectors.float().cpu().numpy(), slots.float().cpu().numpy()
             new_items = [
-                NewItem(d.path, d.content_hash, d.size, d.mtime_ns, d.width, d.height, d.format, v)
-                for d, v in zip(to_encode, vectors)
+                NewItem(
+                    d.path,
+                    d.content_hash,
+                    d.size,
+                    d.mtime_ns,
+                    d.width,
+                    d.height,
+                    d.format,
+                    v,
+                    s[s[:, 0] > 0] if model.has_slots else None,
+                )
+                for d, v, s in zip(to_encode, vectors, slots)
             ]
         new_ids = index.store.write_batch(
             new_items, relinked, [(s.path, s.reason, s.size, s.mtime_ns) for s in skipped]

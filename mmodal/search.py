@@ -1,9 +1,9 @@
-"""Search an index by text, example image or voice: FAISS candidates (late fusion), re-ranked by early fusion.
+"""Search an index by text, example image or voice: FAISS candidates (late fusion), re-ranked by the slot reasoner.
 
 A query may combine parts, as in "like this photo, but blue": the embeddings of every positive part are
 summed, each negative text is subtracted at half weight, and the result is normalised. When the query
-has text, the top candidates are re-scored by the early-fusion matcher: the probability that the image
-matches the text and matches none of the negative texts.
+has text, the top candidates are re-scored by the slot reasoner over the object slots stored in the index
+(no image is read): the probability that the text holds of the image and none of the negative texts does.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fusion.reasoner import Decision, Parse
 from indexes.collection import Hit, ImageIndex
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.model import MModalModel
@@ -22,7 +23,8 @@ from mmodal.pipeline import model_identity
 
 log = logging.getLogger(__name__)
 
-RERANK_TOP = 50
+# Candidates the reasoner re-scores: the late embedding's recall@K per query kind decides it (BENCHMARKS.md).
+RERANK_TOP = 500
 NEGATIVE_WEIGHT = 0.5
 
 
@@ -47,6 +49,9 @@ class SearchResult:
     width: int
     height: int
     other_paths: tuple[str, ...] = ()  # further copies of the same picture
+    # The objects the query's phrases matched: part, role ("a" subject, "b" the related object), and the box
+    # as fractions of the picture (cx, cy, d: d is the diameter over the width).
+    matched: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +62,7 @@ class SearchResult:
             "width": self.width,
             "height": self.height,
             "other_paths": list(self.other_paths),
+            "matched": list(self.matched),
         }
 
 
@@ -68,57 +74,71 @@ class Searcher:
         self.model = model
         self.index = index
 
-    def query_vector(self, query: Query) -> np.ndarray:
+    def query_vector(self, query: Query, read: bool = False) -> tuple[np.ndarray, list[Parse]]:
+        """The query's embedding and, with ``read``, the reasoner's reading of its text and negative texts (the
+        language core runs once for both)."""
         parts = []
-        if query.text is not None:
-            parts.append(self.model.encode_text([query.text])[0])
-        if query.image is not None:
-            parts.append(
-                self.model.encode_image([read_query_image(query.image, self.model.config.image.image_size)])[0]
+        texts = [t for t in (query.text, *query.negative) if t is not None]
+        parses: list[Parse] = []
+        if texts:
+            embeddings, parses = self.model.encode_and_read(texts) if read else (self.model.encode_text(texts), [])
+            positive, negative = (
+                (embeddings[:1], embeddings[1:]) if query.text is not None else (embeddings[:0], embeddings)
             )
+            parts.extend(positive)
+        if query.image is not None:
+            parts.append(self.model.encode_image([read_query_image(query.image, self.model.input_size)])[0])
         if query.audio is not None:
             parts.append(self.model.encode_audio([query.audio])[0])
         if not parts:
             raise EmptyQueryError("give a text, an image (--image) or a voice clip (--audio) to search for")
         vector = torch.stack(parts).sum(0)
         if query.negative:
-            vector = vector - NEGATIVE_WEIGHT * self.model.encode_text(list(query.negative)).sum(0)
-        return torch.nn.functional.normalize(vector, dim=0).float().cpu().numpy()
+            vector = vector - NEGATIVE_WEIGHT * negative.sum(0)
+        return torch.nn.functional.normalize(vector, dim=0).float().cpu().numpy(), parses
 
     def search(
         self, query: Query, k: int = 10, rerank: bool = True, rerank_top: int = RERANK_TOP
     ) -> list[SearchResult]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        rerank = rerank and query.text is not None
-        hits = self.index.search(self.query_vector(query), max(k, rerank_top) if rerank else k)[0]
+        rerank = rerank and query.text is not None and self.model.has_slots
+        vector, parses = self.query_vector(query, read=rerank)
+        hits = self.index.search(vector, max(k, rerank_top) if rerank else k)[0]
         if not rerank or not hits:
             return [_result(hit, hit.score, None) for hit in hits[:k]]
-        probabilities = self._match(hits, query)
-        order = sorted(range(len(hits)), key=lambda i: (-probabilities[i], -hits[i].score))
-        return [_result(hits[i], probabilities[i], probabilities[i]) for i in order[:k]]
+        slots = self._slots(hits)
+        decision = self.model.decide(parses[0], slots)
+        probability = decision.probability
+        for negative in parses[1:]:
+            probability = probability * (1 - self.model.decide(negative, slots).probability)
+        probabilities = probability.tolist()
+        order = sorted(range(len(hits)), key=lambda i: (-probabilities[i], -hits[i].score))[:k]
+        position = slots[..., self.model.slot_encoder.layout.position]
+        return [_result(hits[i], probabilities[i], probabilities[i], _matched(decision, position[i], i)) for i in order]
 
-    def _match(self, hits: Sequence[Hit], query: Query) -> list[float]:
-        """Early-fusion probabilities; a candidate whose file can no longer be read keeps its place at -1."""
-        images, readable = [], []
-        for i, hit in enumerate(hits):
-            try:
-                images.append(read_image(hit.path, draft_size=self.model.config.image.image_size).image)
-                readable.append(i)
-            except ImageSkipped as skipped:
-                log.warning("cannot re-rank %s: %s", hit.path, skipped.reason)
-        scores = [-1.0] * len(hits)
-        if not images:
-            return scores
-        match = self.model.match(images, [query.text] * len(images))
-        for negative in query.negative:
-            match = match * (1 - self.model.match(images, [negative] * len(images)))
-        for i, p in zip(readable, match.tolist()):
-            scores[i] = p
-        return scores
+    def _slots(self, hits: Sequence[Hit]) -> torch.Tensor:
+        """The candidates' stored slots, zero-padded: (K, N, slot_dim)."""
+        stored = self.index.slots_for([hit.item.id for hit in hits])
+        rows = [stored.get(hit.item.id) for hit in hits]
+        slots = np.zeros(
+            (len(hits), max(1, max(len(r) for r in rows if r is not None)), self.model.slot_dim), np.float32
+        )
+        for i, r in enumerate(rows):
+            if r is not None:
+                slots[i, : len(r)] = r
+        return torch.from_numpy(slots)
 
 
-def _result(hit: Hit, score: float, rerank_score: float | None) -> SearchResult:
+def _matched(decision: Decision, position: torch.Tensor, row: int) -> tuple[dict, ...]:
+    """The boxes (cx, cy, d) of the slots that the best assignment gave to each of the query's phrases."""
+    return tuple(
+        {"part": part, "role": role, **{k: round(float(v), 4) for k, v in zip(("cx", "cy", "d"), position[slot])}}
+        for (part, role), slot in zip(decision.roles, decision.assignment[row].tolist())
+    )
+
+
+def _result(hit: Hit, score: float, rerank_score: float | None, matched: tuple[dict, ...] = ()) -> SearchResult:
     return SearchResult(
         path=hit.path,
         score=score,
@@ -127,6 +147,7 @@ def _result(hit: Hit, score: float, rerank_score: float | None) -> SearchResult:
         width=hit.item.width,
         height=hit.item.height,
         other_paths=tuple(hit.item.paths[1:]),
+        matched=matched,
     )
 
 

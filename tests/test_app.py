@@ -51,6 +51,29 @@ def test_reranked_search_reports_both_scores(served, dataset):
     assert [row["score"] for row in rows] == sorted((row["rerank_score"] for row in rows), reverse=True)
 
 
+def test_reranked_results_box_the_objects_the_query_named(served, dataset):
+    """A relation query's best results are true of their scenes, and the two boxes sit on the objects that
+    the subject and the other phrase name."""
+    from mmodal.shapes.semantics import parse_statement
+
+    _, _, client = served
+    scenes = {str((dataset.root / r.file).resolve()): r.scene for r in dataset.images}
+    queries = [q for q in dataset.queries if q.kind == "relation" and len(q.relevant) >= 2][:3]
+    assert queries
+    for query in queries:
+        relation = parse_statement(query.text).parts[0]
+        _, rows = search(client, query.text, k=2)
+        for row in rows:
+            scene = scenes[row["file"]]
+            assert parse_statement(query.text).holds(scene), f"{query.text!r}: {row['file']} is not true of it"
+            boxes = {m["role"]: m for m in row["matched"]}
+            assert set(boxes) == {"a", "b"}
+            for role, phrase in (("a", relation.subject), ("b", relation.other)):
+                box = boxes[role]
+                nearest = min(scene.objects, key=lambda o: (o.cx - box["cx"]) ** 2 + (o.cy - box["cy"]) ** 2)
+                assert phrase.matches(nearest) and abs(nearest.cx - box["cx"]) < nearest.d / 2
+
+
 def test_an_indexed_image_finds_itself_first(served, dataset):
     _, _, client = served
     target = (dataset.root / dataset.images[7].file).resolve()

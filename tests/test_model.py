@@ -14,6 +14,7 @@ from encoders.language import MoEConfig, MoELanguageModel
 from encoders.tokenizer import build_tokenizer
 from mmodal.config import ModelConfig, tiny_config
 from mmodal.model import MModalModel
+from mmodal.training.slot_recipe import shapes_slot_config
 
 CORPUS = [
     "a large red circle left of a blue square",
@@ -25,7 +26,8 @@ CORPUS = [
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return MModalModel(tiny_config(), build_tokenizer(CORPUS * 20, vocab_size=300)).eval()
+    config = shapes_slot_config(tiny_config())
+    return MModalModel(config, build_tokenizer(CORPUS * 20, vocab_size=300)).eval()
 
 
 def _images():

@@ -6,7 +6,10 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-RECIPES = ("full", "clip", "vqa")
+RECIPES = ("slots", "full", "clip", "vqa")
+# Settings whose default depends on the recipe (None in the dataclass): the slots recipe trains small modules
+# on small pictures, so it takes smaller batches at a higher rate.
+RECIPE_DEFAULTS = {"slots": {"batch_size": 64, "lr": 1.5e-3}, None: {"batch_size": 128, "lr": 5e-4}}
 
 
 @dataclass
@@ -18,20 +21,24 @@ class TrainConfig:
     n_images: int = 12000  # images to generate when the dataset folder is missing
     speech: bool = True  # train the audio tower on spoken queries
     seed: int = 0
-    # "full": multi-positive texts, mined and foil negatives, matcher, answers; "clip": plain InfoNCE;
-    # "vqa": answers only, on the questions of --data or of VQAv2 files (vqa_questions/annotations/images)
-    recipe: str = "full"
+    # "slots": object slots, the slot reasoner and the slot-pooled embedding over the frozen towers of
+    # init_from (the shipped model by default); "full": the towers themselves, with multi-positive texts,
+    # mined and foil negatives, speech and answers; "clip": plain InfoNCE; "vqa": answers only, on the
+    # questions of --data or of VQAv2 files (vqa_questions/annotations/images)
+    recipe: str = "slots"
     model: str = "default"  # "default", "tiny" (tests) or "dense" (the default with a dense language core)
     blind: bool = False  # recipe "vqa" only: answer from the question alone (every image blanked), a baseline
     steps: int = 1200
-    batch_size: int = 128
+    batch_size: int | None = None  # 64 for the slots recipe, else 128
     audio_batch_size: int = 32
-    lr: float = 5e-4
+    lr: float | None = None  # peak learning rate: 1.5e-3 for the slots recipe, else 5e-4
     weight_decay: float = 0.05
     warmup_steps: int = 200
-    patch_loss_weight: float = 0.5  # per-patch attribute prediction (the scene graph says where objects are)
-    matching_loss_weight: float = 1.0  # early-fusion matcher on mined and foil negatives
-    matching_pairs_per_kind: int = 48  # matcher pairs per step of each kind: positive, hard text, hard image, foil
+    perception_steps: int = 3600  # recipe "slots": detector and crop classifier
+    reasoner_steps: int = 1500  # recipe "slots": reasoner and pooler on noisy ground-truth slots
+    joint_steps: int = 600  # recipe "slots": reasoner and pooler on the detector's own slots
+    slot_noise: float = 1.0  # how far ground-truth slots are blurred towards a detector's uncertainty
+    parse_loss_weight: float = 1.0  # the query reader's parse targets (kind, phrases, relation, count)
     audio_loss_weight: float = 1.0
     vqa_loss_weight: float = 1.0  # prefix language modelling of answers to the spec's questions
     vqa_per_step: int = 64  # question–answer pairs per step (one per image, asked of the image as seen)
@@ -43,6 +50,7 @@ class TrainConfig:
     mine_every: int = 200  # steps between refreshes of model-mined hard negatives
     mined_per_batch: int = 16  # images from the mined bank added to each batch
     checkpoint_every: int = 250
+    final_dtype: str = "float16"  # the finished model's stored weights (checkpoints keep float32 to resume exactly)
     log_every: int = 25
     device: str = "auto"  # "auto", "cpu" or "cuda"
     workers: int = 2  # threads for the CPU
@@ -50,6 +58,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        defaults = RECIPE_DEFAULTS.get(self.recipe, RECIPE_DEFAULTS[None])
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.final_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"final_dtype must be float32, float16 or bfloat16, got {self.final_dtype!r}")
+        if self.recipe == "slots":
+            self.steps = self.perception_steps + self.reasoner_steps + self.joint_steps
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be at least 1 and batch_size at least 2")
 

@@ -19,7 +19,7 @@ from encoders.image import normalize_pixels
 from encoders.pixels import letterboxed_array
 from mmodal.data.dataset import Dataset
 from mmodal.shapes import world
-from mmodal.shapes.semantics import COLORS, SHAPES, SIZES, Scene, Statement, parse_statement
+from mmodal.shapes.semantics import Scene, Statement, parse_statement
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +35,46 @@ class Batch:
     texts: list[str]  # B texts, text i made from image i
     positives: torch.Tensor  # (B, B) bool: image i satisfies text j
     foils: list[str | None]  # a false text per image, or None
-    patch_targets: dict[str, torch.Tensor]  # each (B, g*g) class ids (last class: no object)
     scenes: list[Scene]  # scene graphs as seen (after flips)
     questions: list[tuple[str, str] | None]  # a (question, answer) true of each image as seen, or None
 
 
-def _letterbox_frame(scene: Scene, size: int) -> tuple[float, float, float, float]:
-    """(x0, y0, w, h) of the original canvas inside the letterboxed square, as fractions of ``size``."""
-    scale = size / max(scene.width, scene.height)
-    w, h = scene.width * scale / size, scene.height * scale / size
-    return (1 - w) / 2, (1 - h) / 2, w, h
+def load_pictures(dataset: Dataset, size: int) -> tuple[list[Scene], torch.Tensor]:
+    """A Shapes split's scene graphs and its pictures letterboxed to ``size``: (N, 3, size, size) uint8."""
+    scenes: list[Scene] = [r.scene for r in dataset.images]
+    if any(s is None for s in scenes):
+        raise ValueError(f"{dataset.root} has images without scene graphs; training needs a Shapes dataset")
+    images = np.zeros((len(scenes), 3, size, size), dtype=np.uint8)
+    for i, record in enumerate(tqdm(dataset.images, desc="loading pictures", unit="img", leave=False)):
+        with Image.open(dataset.image_path(record)) as im:
+            images[i] = letterboxed_array(im, size)
+    return scenes, torch.from_numpy(images)
+
+
+def draw_statement(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = TEXT_KINDS) -> Statement:
+    """A query-like text true of ``scene``, of a kind drawn from ``kinds`` ("caption": a whole-scene caption)."""
+    while True:
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind == "caption":
+            captions = world.captions(scene, rng)
+            return captions[int(rng.integers(len(captions)))][1]
+        statement = world.query_for(kind, scene, rng)
+        if statement is not None:
+            return statement
+
+
+def draw_foil(scene: Scene, rng: np.random.Generator) -> Statement | None:
+    """A minimally changed caption that is false of ``scene`` (colour swap, relation swap or count change)."""
+    made = world.foils(scene, world.captions(scene, rng), split="train")
+    return made[int(rng.integers(len(made)))][2] if made else None
 
 
 class ShapesTrainingData:
     """Holds a training split in memory and draws batches from it."""
 
-    def __init__(self, dataset: Dataset, image_size: int, grid: int, tokenizer=None):
-        self.image_size, self.grid = image_size, grid
-        self.scenes: list[Scene] = [r.scene for r in dataset.images]
-        if any(s is None for s in self.scenes):
-            raise ValueError(f"{dataset.root} has images without scene graphs; training needs a Shapes dataset")
-        images = np.zeros((len(self.scenes), 3, image_size, image_size), dtype=np.uint8)
-        for i, record in enumerate(tqdm(dataset.images, desc="loading images", unit="img", leave=False)):
-            with Image.open(dataset.image_path(record)) as im:
-                images[i] = letterboxed_array(im, image_size)
-        self.images = torch.from_numpy(images)  # (N, 3, S, S) uint8
-        self.frames = [_letterbox_frame(s, image_size) for s in self.scenes]
+    def __init__(self, dataset: Dataset, image_size: int):
+        self.image_size = image_size
+        self.scenes, self.images = load_pictures(dataset, image_size)
         self.spoken: list[tuple[str, np.ndarray]] = []
         for query in dataset.queries:
             if query.audio:
@@ -90,39 +104,9 @@ class ShapesTrainingData:
         objects = tuple(replace(o, cx=1 - o.cx if fx else o.cx, cy=1 - o.cy if fy else o.cy) for o in scene.objects)
         return replace(scene, objects=objects)
 
-    def patch_targets(self, indices: np.ndarray, scenes: list[Scene]) -> dict[str, torch.Tensor]:
-        """For each cell of the last token grid, the attributes of the object centred in it (or "none")."""
-        g = self.grid
-        targets = {
-            "color": torch.full((len(scenes), g * g), len(COLORS)),
-            "shape": torch.full((len(scenes), g * g), len(SHAPES)),
-            "size": torch.full((len(scenes), g * g), len(SIZES)),
-        }
-        colors, shapes = list(COLORS), list(SHAPES)
-        for b, (index, scene) in enumerate(zip(indices, scenes)):
-            x0, y0, w, h = self.frames[index]
-            for o in scene.objects:
-                col = min(g - 1, int((x0 + o.cx * w) * g))
-                row = min(g - 1, int((y0 + o.cy * h) * g))
-                cell = row * g + col
-                targets["color"][b, cell] = colors.index(o.color)
-                targets["shape"][b, cell] = shapes.index(o.shape)
-                targets["size"][b, cell] = SIZES.index(o.size)
-        return targets
-
     def text_for(self, scene: Scene, rng: np.random.Generator, recipe: str) -> Statement:
         """A text true of ``scene``: a whole-scene caption for the CLIP recipe, else a query-like text."""
-        if recipe == "clip":
-            captions = world.captions(scene, rng)
-            return captions[int(rng.integers(len(captions)))][1]
-        while True:
-            kind = TEXT_KINDS[int(rng.integers(len(TEXT_KINDS)))]
-            if kind == "caption":
-                captions = world.captions(scene, rng)
-                return captions[int(rng.integers(len(captions)))][1]
-            statement = world.query_for(kind, scene, rng)
-            if statement is not None:
-                return statement
+        return draw_statement(scene, rng, ("caption",) if recipe == "clip" else TEXT_KINDS)
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -141,7 +125,6 @@ class ShapesTrainingData:
             texts=[s.text() for s in statements],
             positives=positives,
             foils=foils,
-            patch_targets=self.patch_targets(indices, scenes),
             scenes=scenes,
             questions=[self._question(sc, rng) for sc in scenes] if recipe == "full" else [None] * len(scenes),
         )
@@ -156,8 +139,8 @@ class ShapesTrainingData:
 
     @staticmethod
     def _foil(scene: Scene, rng: np.random.Generator) -> str | None:
-        made = world.foils(scene, world.captions(scene, rng), split="train")
-        return made[int(rng.integers(len(made)))][2].text() if made else None
+        foil = draw_foil(scene, rng)
+        return foil.text() if foil else None
 
     def audio_batch(self, n: int, rng: np.random.Generator) -> tuple[list[int], list[tuple[np.ndarray, int]]]:
         """``n`` spoken queries: their indices and (waveform, 16000) clips."""

@@ -1,15 +1,16 @@
-"""The training loop: contrastive alignment with mined and foil negatives, the matcher, patches and speech."""
+"""The training loop: object slots and the slot reasoner, or the towers' contrastive alignment with mined and
+foil negatives, speech and answers, or answers alone."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from encoders.tokenizer import build_tokenizer
@@ -22,8 +23,17 @@ from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZE
 from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import Batch, ShapesTrainingData
-from mmodal.training.losses import hardest_negatives, multi_positive_nce, patch_loss, symmetric_nce
+from mmodal.training.losses import multi_positive_nce, symmetric_nce
 from mmodal.training.mining import NeighbourBank
+from mmodal.training.slot_recipe import (
+    SlotTrainingData,
+    build_slot_model,
+    embed_ground_truth,
+    freeze_towers,
+    slot_losses,
+    stage_bounds,
+    stage_of,
+)
 from mmodal.training.vqa_data import QuestionAnswerData
 
 log = logging.getLogger(__name__)
@@ -59,7 +69,8 @@ def ensure_dataset(config: TrainConfig):
     folder = Path(config.data)
     if not (folder / "dataset.json").is_file():
         log.info("no training data in %s: generating %d Shapes images", folder, config.n_images)
-        generate_shapes(folder, n=config.n_images, seed=config.seed + 1000, split="train", with_speech=config.speech)
+        speech = config.speech and config.recipe == "full"  # only the towers' recipe trains the audio tower
+        generate_shapes(folder, n=config.n_images, seed=config.seed + 1000, split="train", with_speech=speech)
     dataset = read_dataset(folder)
     if dataset.info.get("split") != "train":
         raise DatasetFormatError(f"{folder} is a {dataset.info.get('split')!r} split; train on a train split only")
@@ -68,9 +79,11 @@ def ensure_dataset(config: TrainConfig):
 
 def _schedule(config: TrainConfig):
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        start, length = stage_bounds(step, config) if config.recipe == "slots" else (0, config.steps)
+        step, warmup = step - start, min(config.warmup_steps, max(1, length // 5))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, length - warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
@@ -99,23 +112,6 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
         logits = torch.cat([similarity[rows], foil_sim], dim=1) * scale
         foil_pos = torch.cat([positives[rows], torch.zeros_like(foil_sim, dtype=torch.bool)], dim=1)
         losses["foil"] = config.foil_loss_weight * multi_positive_nce(logits, foil_pos)
-    if full:
-        heads = {k: head(image_tokens) for k, head in model.patch_heads.items()}
-        targets = {k: v.to(device) for k, v in batch.patch_targets.items()}
-        losses["patch"] = config.patch_loss_weight * patch_loss(heads, targets)
-        losses["match"] = config.matching_loss_weight * _matching_loss(
-            model,
-            image_tokens,
-            image_emb,
-            text_tokens,
-            mask,
-            text_emb,
-            similarity,
-            positives,
-            foil_rows,
-            n,
-            config.matching_pairs_per_kind,
-        )
     qa_rows = [i for i, qa in enumerate(batch.questions) if qa][: config.vqa_per_step] if full else []
     if qa_rows and config.vqa_loss_weight > 0:
         q_ids, q_mask = model.tokenize([batch.questions[i][0] for i in qa_rows])
@@ -144,10 +140,20 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
     return losses
 
 
+def embed_pictures(model: MModalModel, data: ShapesTrainingData, indices: np.ndarray) -> torch.Tensor:
+    """The first design's image embeddings of training pictures, unflipped, for mining."""
+    was_training = model.training
+    model.eval()
+    pixels = data.pixels(indices, np.zeros((len(indices), 2), dtype=bool)).to(model.device)
+    embeddings = model.embed_image_tokens(model.image_tokens(pixels))
+    model.train(was_training)
+    return embeddings
+
+
 def _routing_health(model: MModalModel) -> dict[str, str]:
     """The MoE core's health in the last step: the least-used expert's share over uniform, router entropy."""
-    if not model.config.text.n_routed_experts:
-        return {}
+    if not model.config.text.n_routed_experts or not model.language.router_stats:
+        return {}  # the core has not run yet (the slots recipe's perception stage reads no text)
     load = model.language.expert_load()
     return {
         "moe_min_share": f"{float(load.min() * len(load)):.2f}",
@@ -165,33 +171,11 @@ def answer_losses(model: MModalModel, pixels: torch.Tensor, questions, answers, 
     return {"vqa": config.vqa_loss_weight * loss, "moe": aux}
 
 
-def _matching_loss(
-    model, image_tokens, image_emb, text_tokens, mask, text_emb, similarity, positives, foil_rows, n, per_kind
-):
-    """The matcher learns from positives, the hardest in-batch negatives both ways, and the foils (ALBEF's ITM).
-
-    It reads the towers' features without training them: at this model size its gradients pulled the shared
-    towers away from what retrieval needs, and the patch loss already teaches the image tokens where
-    each object is and what it looks like.
-    """
-    image_tokens, text_tokens = image_tokens.detach(), text_tokens.detach()
-    image_emb, text_emb = image_emb.detach(), text_emb.detach()
-    text_for_image, image_for_text = hardest_negatives(similarity, positives)
-    rows = range(min(n, per_kind))  # the batch is already shuffled: its first rows are a random subset
-    pairs = [(i, i, 1.0) for i in rows]
-    pairs += [(i, int(text_for_image[i]), 0.0) for i in rows if text_for_image[i] >= 0]
-    pairs += [(int(image_for_text[t]), t, 0.0) for t in rows if image_for_text[t] >= 0]
-    pairs += [(i, n + k, 0.0) for k, i in enumerate(foil_rows[:per_kind])]
-    img_idx = torch.tensor([p[0] for p in pairs], device=image_tokens.device)
-    txt_idx = torch.tensor([p[1] for p in pairs], device=image_tokens.device)
-    labels = torch.tensor([p[2] for p in pairs], device=image_tokens.device)
-    logits = model.match_tokens(
-        image_tokens[img_idx], text_tokens[txt_idx], mask[txt_idx], image_emb[img_idx], text_emb[txt_idx]
-    )
-    return F.binary_cross_entropy_with_logits(logits.float(), labels)
-
-
 def build_model(config: TrainConfig, dataset) -> MModalModel:
+    if config.recipe == "slots":
+        if config.model == "tiny" and not config.init_from:  # tests: fresh tiny towers under the slots
+            return build_slot_model(config, build_model(replace(config, recipe="full"), dataset))
+        return build_slot_model(config)
     if config.init_from:
         return MModalModel.from_pretrained(config.init_from, allow_new_modules=True)
     model_config = {"tiny": tiny_config, "dense": dense_config}.get(config.model, ModelConfig)()
@@ -221,10 +205,14 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     model.train()
     if config.recipe == "vqa":
         data = QuestionAnswerData(dataset, model.config.image.image_size)
+    elif config.recipe == "slots":
+        freeze_towers(model)
+        data = SlotTrainingData(dataset, model.input_size)
     else:
-        data = ShapesTrainingData(dataset, model.config.image.image_size, model.config.image.grid)
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embed" not in name]
-    no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in name)]
+        data = ShapesTrainingData(dataset, model.config.image.image_size)
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    decay = [p for name, p in trained if p.ndim >= 2 and "embed" not in name]
+    no_decay = [p for name, p in trained if not (p.ndim >= 2 and "embed" not in name)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -250,9 +238,18 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     losses = answer_losses(model, pixels.to(device), questions, answers, config)
                 samples += len(questions)
+            elif config.recipe == "slots":
+                mining = stage_of(step, config) != "perception" and config.mine_every
+                if mining and step % config.mine_every == 0:
+                    bank.refresh(lambda idx: embed_ground_truth(model, data, idx), data.scenes, rng)
+                mined = bank.sample(config.mined_per_batch, rng) if mining else np.zeros(0, np.int64)
+                fresh = rng.choice(len(data), size=config.batch_size - len(mined), replace=False)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = slot_losses(model, data, np.concatenate([fresh, mined]), step, config, rng)
+                samples += config.batch_size
             else:
                 if config.recipe == "full" and config.mine_every and step % config.mine_every == 0 and step > 0:
-                    bank.refresh(model, data, rng)
+                    bank.refresh(lambda idx: embed_pictures(model, data, idx), data.scenes, rng)
                 mined = bank.sample(config.mined_per_batch, rng) if config.recipe == "full" else np.zeros(0, np.int64)
                 fresh = rng.choice(len(data), size=config.batch_size - len(mined), replace=False)
                 batch = data.batch(np.concatenate([fresh, mined]), rng, config.recipe)
@@ -266,7 +263,7 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for _, p in trained], 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -282,7 +279,7 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
             if step % config.checkpoint_every == 0 or step == stop_at:
                 state = {"step": step, "rng": rng.bit_generator.state, "mined_pairs": bank.pairs.tolist()}
                 save_checkpoint(run, model, optimizer, state)
-                if model.config.text.n_routed_experts:
+                if _routing_health(model):
                     log.info(
                         "step %d: expert share %s (uniform %.3f), router entropy %.2f of its maximum",
                         step,
@@ -295,7 +292,7 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
         return None
     final = run / MODEL_DIR
     model.eval()
-    model.save_pretrained(final)
+    model.save_pretrained(final, dtype=getattr(torch, config.final_dtype))
     config.save(final / TRAIN_CONFIG_FILE)
     log.info("trained %d steps in %.1f min; model in %s", step, (time.time() - started) / 60, final)
     return final

@@ -16,27 +16,18 @@ class NeighbourBank:
         self.pairs = np.zeros((0, 2), dtype=np.int64)
 
     @torch.no_grad()
-    def refresh(self, model, data, rng: np.random.Generator, batch_size: int = 256) -> None:
-        """Embeds a random pool of training images and keeps each one's nearest neighbours as pairs."""
-        pool = rng.choice(len(data), size=min(MINING_POOL, len(data)), replace=False)
-        was_training = model.training
-        model.eval()
-        embeddings = []
-        for start in range(0, len(pool), batch_size):
-            chunk = pool[start : start + batch_size]
-            pixels = data.pixels(chunk, np.zeros((len(chunk), 2), dtype=bool)).to(model.device)
-            embeddings.append(model.embed_image_tokens(model.image_tokens(pixels)).float().cpu())
-        model.train(was_training)
+    def refresh(self, embed, scenes: list, rng: np.random.Generator, batch_size: int = 256) -> None:
+        """Embeds a random pool of training images with ``embed`` (indices → (n, D) tensor) and keeps each one's
+        nearest neighbours whose scenes differ as pairs."""
+        pool = rng.choice(len(scenes), size=min(MINING_POOL, len(scenes)), replace=False)
+        embeddings = [
+            embed(pool[start : start + batch_size]).float().cpu() for start in range(0, len(pool), batch_size)
+        ]
         emb = torch.cat(embeddings)  # (P, D)
         similarity = emb @ emb.t()
         similarity.fill_diagonal_(float("-inf"))
-        nearest = similarity.topk(NEIGHBOURS, dim=1).indices.numpy()  # (P, k)
-        pairs = [
-            (pool[i], pool[j])
-            for i in range(len(pool))
-            for j in nearest[i]
-            if data.scenes[pool[i]] != data.scenes[pool[j]]
-        ]
+        nearest = similarity.topk(min(NEIGHBOURS, len(pool) - 1), dim=1).indices.numpy()  # (P, k)
+        pairs = [(pool[i], pool[j]) for i in range(len(pool)) for j in nearest[i] if scenes[pool[i]] != scenes[pool[j]]]
         self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""Pictures in memory for training the slot encoder, with the scene graph transformed alongside each flip."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from encoders.image import normalize_pixels
+from encoders.slots import SlotEncoder, cut_crops
+from mmodal.data.dataset import Dataset
+from mmodal.shapes.semantics import Scene
+from mmodal.training.data import load_pictures
+from mmodal.training.slots import crop_boxes, detector_loss, detector_targets
+
+BLUR_SHARE = 0.25  # pictures softened a little, as resampling and other renderers' edges do
+BLUR_SIGMA = (0.3, 0.9)  # pixels of the letterboxed square
+
+
+class PerceptionData:
+    """A training split's pictures, letterboxed to the slot encoder's source size, with their scene graphs."""
+
+    def __init__(self, dataset: Dataset, source_size: int):
+        self.scenes, self.images = load_pictures(dataset, source_size)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def batch(self, indices: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, list[Scene]]:
+        """Normalised pixels (B, 3, S, S) under a random symmetry of the square and now and then a slight blur,
+        and the scenes as seen.
+
+        Flipping or transposing the letterboxed square does the same to the picture inside it, so the scene's
+        fractions follow (a transpose swaps width and height, and ``d`` is a fraction of the width).
+        """
+        pixels = self.images[torch.as_tensor(indices)].clone()
+        scenes = []
+        for i, index in enumerate(indices):
+            fx, fy, swap = rng.random(3) < 0.5
+            scene = self.scenes[int(index)]
+            if swap:
+                pixels[i] = pixels[i].transpose(-1, -2).clone()
+                objects = tuple(replace(o, cx=o.cy, cy=o.cx, d=o.d * scene.width / scene.height) for o in scene.objects)
+                scene = replace(scene, width=scene.height, height=scene.width, objects=objects)
+            if fx:
+                pixels[i] = pixels[i].flip(-1)
+            if fy:
+                pixels[i] = pixels[i].flip(-2)
+            objects = tuple(replace(o, cx=1 - o.cx if fx else o.cx, cy=1 - o.cy if fy else o.cy) for o in scene.objects)
+            scenes.append(replace(scene, objects=objects))
+        normalised = normalize_pixels(pixels)
+        for i in np.flatnonzero(rng.random(len(indices)) < BLUR_SHARE):
+            sigma = float(rng.uniform(*BLUR_SIGMA))
+            normalised[i] = gaussian_blur(normalised[i], kernel_size=3, sigma=sigma)
+        return normalised, scenes
+
+
+def perception_losses(
+    encoder: SlotEncoder, pixels: torch.Tensor, scenes: list[Scene], rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """Detector losses on the grid, and the crop classifier's on jittered crops around every object."""
+    config = encoder.config
+    device = pixels.device
+    targets = {k: v.to(device) for k, v in detector_targets(scenes, config).items()}
+    losses = detector_loss(encoder.detector(pixels), targets)
+    centres, sides, which = crop_boxes(scenes, config, rng)
+    n = centres.shape[1]
+    crops = cut_crops(pixels, centres.to(device), sides.to(device), config.crop_size)
+    keep = torch.tensor([i * n + j for i, j in which], device=device)
+    read = encoder.crop_classifier(crops[keep])
+    crop_loss = 0.0
+    for name in config.attributes:
+        labels = torch.tensor(
+            [config.attributes[name].index(getattr(scenes[i].objects[j], name)) for i, j in which], device=device
+        )
+        weight = 1.0 if name in config.crop_attributes else 0.25
+        crop_loss = crop_loss + weight * torch.nn.functional.cross_entropy(read[name].float(), labels)
+    losses["crop"] = crop_loss
+    return losses

@@ -1,0 +1,188 @@
+"""Object slots and the slot reasoner: decoding, the soft logic, a tiny reasoner that learns, and slots in the index."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.pixels import letterbox_frame
+from encoders.slots import SlotConfig, SlotLayout, decode_detections
+from fusion.reasoner import Parse, ReasonerConfig, SlotReasoner, exact_count
+from mmodal.shapes.semantics import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, parse_statement
+from mmodal.training.slots import detector_targets, ground_truth_slots
+
+ATTRIBUTES = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}
+
+
+def _scene(*objects, width=160, height=100) -> Scene:
+    return Scene(width, height, tuple(SceneObject(*o) for o in objects))
+
+
+HAND_MADE = _scene(("circle", "red", "large", 0.25, 0.5, 0.3), ("square", "blue", "small", 0.75, 0.3, 0.15))
+
+
+def test_slot_decoding_recovers_a_hand_made_scene():
+    """Dense targets of a scene, read back as logits, decode to the scene's objects in the picture's own frame."""
+    config = SlotConfig(attributes=ATTRIBUTES, source_size=128, patch_size=8)
+    targets = detector_targets([HAND_MADE], config)
+    g = config.grid
+    out = {"objectness": targets["objectness"] * 20 - 10}
+    for name, values in ATTRIBUTES.items():
+        one_hot = torch.nn.functional.one_hot(targets[name].clamp_min(0), len(values)).permute(0, 3, 1, 2).float()
+        out[name] = one_hot * 10
+    xy = targets["box"][:, :2].clamp(1e-4, 1 - 1e-4)
+    out["box"] = torch.cat([torch.log(xy / (1 - xy)), targets["box"][:, 2:]], dim=1)
+    detections = decode_detections(out, config)
+    frame = torch.tensor([letterbox_frame(HAND_MADE.width, HAND_MADE.height)])
+    slots = detections.to_slots(SlotLayout(ATTRIBUTES), frame)[0]
+    layout = SlotLayout(ATTRIBUTES)
+    present = slots[slots[:, 0] > 0]
+    assert len(present) == 2 and config.max_slots == len(slots) and g == 16
+    for o in HAND_MADE.objects:
+        row = min(
+            present, key=lambda r: float((r[layout.position][0] - o.cx) ** 2 + (r[layout.position][1] - o.cy) ** 2)
+        )
+        assert row[layout.position].tolist() == pytest.approx([o.cx, o.cy, o.d], abs=1e-3)
+        for name, values in ATTRIBUTES.items():
+            assert values[int(row[layout.span(name)].argmax())] == getattr(o, name)
+
+
+def test_exact_count_is_the_poisson_binomial():
+    p = torch.tensor([[0.9, 0.2, 0.5, 0.0]])
+    expected = torch.zeros(5)
+    for bits in itertools.product([0, 1], repeat=4):
+        expected[sum(bits)] += float(np.prod([q if b else 1 - q for q, b in zip(p[0].tolist(), bits)]))
+    assert torch.allclose(exact_count(p, 4)[0], expected, atol=1e-6)
+
+
+def _parse(statement: str, config: ReasonerConfig) -> Parse:
+    """The reading a perfect reader would give (one-hot), for checking the logic alone."""
+    from mmodal.training.slots import parse_targets
+
+    targets = parse_targets([parse_statement(statement)], config)
+    from fusion.reasoner import PART_KINDS, ROLES
+
+    kinds = [PART_KINDS[k] for k in targets["kind"][0].tolist()]
+
+    def one_hot(t: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(t.clamp_min(0), n).float()
+
+    phrases = {
+        role: {k: one_hot(targets[f"{role}.{k}"][0], len(v) + 1) for k, v in config.attributes.items()}
+        for role in ROLES
+    }
+    return Parse(kinds, phrases, one_hot(targets["relation"][0], 4), one_hot(targets["count"][0], 5))
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "a red circle",
+        "a small blue square",
+        "a red circle left of a blue square",
+        "a blue square left of a red circle",
+        "a blue square above a red circle",
+        "two red objects",
+        "one red object",
+        "a red circle and a blue square",
+        "a red circle and a red object",
+        "a large object and a small object",
+        "two circles",
+    ],
+)
+def test_the_logic_decides_as_the_semantics_do(statement):
+    """With a perfect reading and the true relations, the reasoner's decision is the spec's truth."""
+    config = ReasonerConfig(attributes=ATTRIBUTES, relations=RELATIONS)
+    reasoner = SlotReasoner(config, text_dim=8)
+    rng = np.random.default_rng(0)
+    slots = ground_truth_slots(HAND_MADE, SlotLayout(ATTRIBUTES), 4, rng)[None]
+    objects = [
+        next(o for o in HAND_MADE.objects if abs(o.cx - float(s[-3])) < 1e-6) if s[0] > 0 else None for s in slots[0]
+    ]
+    from mmodal.shapes.semantics import holds_relation
+
+    related = torch.zeros(1, 4, 4, len(RELATIONS))
+    for (i, a), (j, b) in itertools.product(enumerate(objects), repeat=2):
+        if a is not None and b is not None and a is not b:
+            related[0, i, j] = torch.tensor([float(holds_relation(a, r, b)) for r in RELATIONS])
+    decision = reasoner.decide(_parse(statement, config), slots, related)
+    assert float(decision.probability[0]) == pytest.approx(float(parse_statement(statement).holds(HAND_MADE)))
+
+
+@pytest.fixture(scope="module")
+def tiny_slot_model(shapes_train_dir):
+    from mmodal.data.dataset import read_dataset
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.loop import build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig(data=str(shapes_train_dir), model="tiny", speech=False)
+    return build_model(config, read_dataset(shapes_train_dir))
+
+
+def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model, shapes_train_dir):
+    from mmodal.data.dataset import read_dataset
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.slot_recipe import freeze_towers, reasoning_losses
+
+    model = tiny_slot_model.train()
+    trained = freeze_towers(model)
+    assert trained and all(p.requires_grad is False for p in model.language.parameters())
+    scenes = [r.scene for r in read_dataset(shapes_train_dir).images[:24]]
+    layout, config = model.slot_encoder.layout, TrainConfig(model="tiny")
+    optimizer = torch.optim.AdamW(trained, lr=3e-3)
+    history = []
+    for step in range(60):
+        rng = np.random.default_rng(step % 4)  # four fixed batches of texts, seen again and again
+        slots = torch.stack([ground_truth_slots(s, layout, model.config.slots.max_slots, rng) for s in scenes])
+        losses = reasoning_losses(model, scenes, slots, rng, config)
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    assert set(history[0]) == {"parse", "relation", "match", "pool"}
+    for key in ("parse", "match"):
+        assert np.mean([h[key] for h in history[-4:]]) < 0.7 * np.mean([h[key] for h in history[:4]]), key
+
+
+def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir, tmp_path):
+    from PIL import Image
+
+    from indexes.collection import ImageIndex
+    from mmodal.data.dataset import read_dataset
+    from mmodal.pipeline import index_collection, model_identity
+
+    model = tiny_slot_model.eval()
+    dataset = read_dataset(shapes_test_dir)
+    summary = index_collection(model, [dataset.root / "images"], tmp_path / "index", workers=1, show_progress=False)
+    assert summary.indexed == len(dataset.images)
+    index = ImageIndex.open(tmp_path / "index", model_identity(model))
+    assert index.manifest.model.slot_dim == model.slot_dim == SlotLayout(ATTRIBUTES).width
+    record = dataset.images[3]
+    path = str((dataset.root / record.file).resolve())
+    hit = next(
+        h for h in index.search(model.encode_text(["a red circle"]).numpy(), len(dataset.images))[0] if h.path == path
+    )
+    stored = index.slots_for([hit.item.id])[hit.item.id]
+    _, slots = model.encode_image_slots([Image.open(path)])
+    expected = slots[0][slots[0][:, 0] > 0].numpy()
+    assert stored.shape == expected.shape
+    np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)
+    index.close()
+
+
+def test_an_index_from_a_model_without_slots_is_refused(tiny_slot_model, shapes_test_dir, tmp_path):
+    from indexes.errors import ModelMismatchError
+    from mmodal.config import tiny_config
+    from mmodal.model import MModalModel
+    from mmodal.pipeline import index_collection
+
+    first_design = MModalModel(tiny_config(), tiny_slot_model.tokenizer).eval()
+    images = sorted((shapes_test_dir / "images").iterdir())[:4]
+    index_collection(first_design, images, tmp_path / "old", workers=1, show_progress=False)
+    with pytest.raises(ModelMismatchError, match="no object slots"):
+        index_collection(tiny_slot_model, images, tmp_path / "old", workers=1, show_progress=False)
