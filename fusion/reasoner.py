@@ -25,6 +25,7 @@ from encoders.slots import SlotLayout
 PART_KINDS = ("none", "object", "count", "relation")  # what one part of a query asks for
 ROLES = ("a", "b")  # a part's phrases: its subject and, for a relation, the other object
 ANY = 0  # index of "any value" in each phrase attribute's distribution
+PRESENCE_RATE = 10.0
 
 
 @dataclass
@@ -151,6 +152,17 @@ class SlotReasoner(nn.Module):
         self.layout = SlotLayout(config.attributes)
         self.reader = QueryReader(config, text_dim)
         self.relation_scorer = RelationScorer(len(config.relations))
+        # Presence calibration: a detector's objectness is not a probability (focal loss keeps it low on crowded
+        # scenes), and exact counts need one. Both are scaled by PRESENCE_RATE so a few hundred steps can move them.
+        self.presence_scale = nn.Parameter(torch.full((), 1.0 / PRESENCE_RATE))
+        self.presence_shift = nn.Parameter(torch.zeros(()))
+
+    def presence(self, slots: torch.Tensor) -> torch.Tensor:
+        """Calibrated probability that each slot is an object: (…, N); empty slots stay 0."""
+        raw = slots[..., 0]
+        logit = torch.logit(raw.clamp(1e-4, 1 - 1e-4))
+        calibrated = torch.sigmoid(PRESENCE_RATE * (self.presence_scale * logit + self.presence_shift))
+        return torch.where(raw >= 1, raw, calibrated * (raw > 0).to(calibrated.dtype))
 
     def read(self, tokens: torch.Tensor, mask: torch.Tensor) -> list[Parse]:
         """Language-core tokens of B queries → B parses (kinds decided, the rest soft)."""
@@ -172,7 +184,7 @@ class SlotReasoner(nn.Module):
 
     def phrase_match(self, phrase: dict[str, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
         """One phrase's attribute distributions (V+1 each) against slots (K, N, F) → (K, N) match probability."""
-        match = slots[..., 0]
+        match = self.presence(slots)
         for name, p in phrase.items():
             values = slots[..., self.layout.span(name)]  # (K, N, V)
             match = match * (p[ANY] + values @ p[1:])

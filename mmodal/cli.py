@@ -212,6 +212,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmodal", description="Offline multimodal search and visual QA.")
     parser.add_argument("--version", action="version", version=f"mmodal {__version__}")
@@ -251,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("joint", "own slots"),
     ):
         train.add_argument(
-            f"--{stage}-steps", dest=f"{stage}_steps", type=_positive_int, help=f"slots recipe: {what} stage steps"
+            f"--{stage}-steps", dest=f"{stage}_steps", type=_count, help=f"slots recipe: {what} stage steps"
         )
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
     train.add_argument("--lr", type=float)

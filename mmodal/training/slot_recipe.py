@@ -55,7 +55,12 @@ def build_slot_model(config: TrainConfig, base: MModalModel | None = None) -> MM
         state = load_file(str(folder / WEIGHTS_FILE))
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     model = MModalModel(shapes_slot_config(base_config), tokenizer)
-    towers = {k: v for k, v in state.items() if not k.startswith(SLOT_MODULES) and k in model.state_dict()}
+    # With no perception stage, a model that already has slots keeps them (and its reasoner and pooler) and
+    # goes on training those; otherwise the slot modules start fresh over the towers.
+    keep_slots = config.perception_steps == 0 and base_config.slots is not None
+    towers = {
+        k: v for k, v in state.items() if (keep_slots or not k.startswith(SLOT_MODULES)) and k in model.state_dict()
+    }
     missing, _ = model.load_state_dict(towers, strict=False)
     own = model.state_dict()
     loaded = {own[k].data_ptr() for k in towers}
