@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +41,12 @@ class SkippedFile:
 
 
 def start_worker(indexer_pid: int) -> None:
-    """Runs first in each decoding worker: it dies with its parent (the indexer or its fork server, which
-    itself ends with the indexer), even when the indexer is killed -9."""
+    """Runs first in each decoding worker: it dies with the indexer, even when the indexer is killed -9.
+
+    A worker's parent is the fork server, and the fork server lives as long as any worker does (each holds
+    the fork server's liveness pipe), so a parent-death signal alone would leave both behind; the worker
+    watches the indexer itself.
+    """
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -47,6 +54,21 @@ def start_worker(indexer_pid: int) -> None:
         os.kill(indexer_pid, 0)
     except ProcessLookupError:  # the indexer died before the line above took effect
         os._exit(1)
+    threading.Thread(target=_exit_with, args=(indexer_pid,), daemon=True, name="indexer-watch").start()
+
+
+def _exit_with(pid: int) -> None:
+    """Ends this process when ``pid`` ends: a pidfd turns readable then; elsewhere, poll once a second."""
+    try:
+        select.select([os.pidfd_open(pid)], [], [])
+    except (AttributeError, OSError):
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+    os._exit(1)
 
 
 def decode_files(paths: list[str], image_size: int, max_pixels: int = MAX_PIXELS) -> list[DecodedFile | SkippedFile]:
