@@ -160,7 +160,7 @@ def reasoning_losses(
     logits = reasoner.reader(tokens, mask)
     targets = parse_targets(statements, reasoner.config)
     losses = {"parse": config.parse_loss_weight * parse_loss(logits, {k: v.to(device) for k, v in targets.items()})}
-    positions, labels = relation_targets(scenes, reasoner.config.relations, slots.shape[1])
+    positions, labels = relation_targets(scenes, reasoner.config.relations)
     if len(positions):
         pair_logits = reasoner.relation_scorer(positions.to(device))[:, 0, 1]  # (M, R): object 0 to object 1
         losses["relation"] = F.binary_cross_entropy_with_logits(pair_logits.float(), labels.to(device))

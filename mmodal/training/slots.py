@@ -148,7 +148,7 @@ def parse_targets(statements: list[Statement], config: ReasonerConfig) -> dict[s
     return targets
 
 
-def relation_targets(scenes: list[Scene], relations: tuple[str, ...], max_slots: int, slots_order=None):
+def relation_targets(scenes: list[Scene], relations: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """For every ordered pair of distinct objects in each scene: (positions (M, 2, 3), labels (M, R))."""
     positions, labels = [], []
     for scene in scenes:
