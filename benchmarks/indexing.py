@@ -23,13 +23,13 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from mmodal.data.decode import decode_files
 from mmodal.data.images import walk_images
+from mmodal.workers import worker_pool
 
 
 def _render_chunk(args: tuple[str, int, int]) -> None:
@@ -59,8 +59,7 @@ def decode_rate(paths: list[str], image_size: int) -> float:
     from mmodal.pipeline import FILES_PER_TASK
 
     chunks = [paths[i : i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(os.cpu_count(), mp_context=context) as pool:
+    with worker_pool(os.cpu_count() or 1, ["mmodal.data.decode"]) as pool:
         list(pool.map(decode_files, chunks[:2], [image_size] * 2))  # start the workers before timing
         start = time.perf_counter()
         decoded = sum(len(r) for r in pool.map(decode_files, chunks, [image_size] * len(chunks)))

@@ -6,7 +6,7 @@ Decoding workers import only this, so they start fast and stay small.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 # The Shapes world's images are dark with saturated objects; these keep inputs near zero mean.
 PIXEL_MEAN = (0.25, 0.25, 0.25)
@@ -14,8 +14,23 @@ PIXEL_STD = (0.3, 0.3, 0.3)
 
 
 def letterbox(image: Image.Image, size: int) -> Image.Image:
-    """Scales the image to fit a ``size`` square, keeping its aspect ratio, and pads with black."""
-    return ImageOps.pad(image.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
+    """Scales the image to fit a ``size`` square, keeping its aspect ratio, and pads with black (centred).
+
+    Pixel for pixel what ``ImageOps.pad`` makes, except that a very thin picture (a 4000×30 panorama) keeps a
+    line at least one pixel thick, where ``pad`` would ask for a zero-pixel side and fail.
+    """
+    image = image.convert("RGB")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"an image of {image.width}×{image.height} pixels has nothing to letterbox")
+    long_side = max(image.width, image.height)
+    width = max(1, round(image.width / long_side * size))
+    height = max(1, round(image.height / long_side * size))
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    if (width, height) == (size, size):
+        return resized
+    square = Image.new("RGB", (size, size), (0, 0, 0))
+    square.paste(resized, (round((size - width) / 2), round((size - height) / 2)))
+    return square
 
 
 def letterboxed_array(image: Image.Image, size: int) -> np.ndarray:

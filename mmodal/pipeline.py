@@ -14,7 +14,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +25,10 @@ from encoders.pixels import letterbox_frame
 from indexes.collection import ImageIndex
 from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
-from mmodal.data.decode import DecodedFile, SkippedFile, decode_files, start_worker
+from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
 from mmodal.model import MModalModel
-from mmodal.workers import clean_context
+from mmodal.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +164,6 @@ def _encode_files(
     if not paths:
         return
     image_size = model.input_size
-    context = clean_context(["mmodal.data.decode"])  # workers need only Pillow and numpy
     progress = tqdm(total=len(paths), desc="indexing", unit="img", disable=not show_progress or None, smoothing=0.1)
     to_encode: list[DecodedFile] = []
     relinked: list[tuple[str, int, int, int]] = []
@@ -204,7 +202,7 @@ def _encode_files(
         relinked.clear()
         skipped.clear()
 
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(os.getpid(),)) as pool:
+    with worker_pool(workers, ["mmodal.data.decode"]) as pool:  # workers need only Pillow and numpy
         tasks = _chunks(paths, FILES_PER_TASK)
         in_flight: deque = deque()
         limit = workers + BATCHES_AHEAD * -(-batch_size // FILES_PER_TASK)

@@ -282,6 +282,19 @@ def _has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _utf8_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 come from the file system as lone surrogates
+        return False
+    return True
+
+
+def printable_path(path: str) -> str:
+    """``path`` as UTF-8 text, with bytes that are not UTF-8 shown as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _sorted_entries(directory: str) -> list[os.DirEntry[str]]:
     # Reading a directory fully before descending keeps one file descriptor open at a time, however deep.
     with os.scandir(directory) as entries:
@@ -323,6 +336,9 @@ def walk_images(
 
     for root in roots:
         root_path = os.fspath(root)
+        if not _utf8_name(root_path):
+            report(printable_path(root_path), "its name is not valid UTF-8; rename it to index it")
+            continue
         try:
             root_info = os.stat(root_path)
         except OSError as exc:
@@ -346,6 +362,9 @@ def walk_images(
                 pending.pop()
                 continue
             if entry.name.startswith("."):
+                continue
+            if not _utf8_name(entry.path):  # the index, its JSON and its logs hold paths as UTF-8 text
+                report(printable_path(entry.path), "its name is not valid UTF-8; rename it to index it")
                 continue
             try:
                 # Follows symlinks; a broken link raises FileNotFoundError here.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from mmodal.fileio import atomic_open
 from mmodal.shapes import speech, world
 from mmodal.shapes.render import render, sample_style
 from mmodal.shapes.semantics import HELD_OUT_PAIRS, QUERY_KINDS, SPEC_VERSION, Scene
-from mmodal.workers import clean_context
+from mmodal.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ def generate_shapes(
     n_queries = n_queries if n_queries is not None else max(6, min(MAX_QUERIES, n // 2))
     chunks = [list(range(i, min(n, i + 32))) for i in range(0, n, 32)]
     dataset = Dataset(root=root)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=clean_context(["mmodal.shapes.generate"])) as pool:
+    with worker_pool(workers, ["mmodal.shapes.generate"]) as pool:
         jobs = pool.map(_make_images, [(str(root), seed, split, c) for c in chunks])
         with tqdm(total=n, desc=f"shapes {split}", unit="img") as bar:
             for results in jobs:
