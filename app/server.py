@@ -15,10 +15,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from PIL import Image, ImageDraw
 
-from app.settings import DEFAULT_HOST, DEFAULT_PORT, MAX_RESULTS, MAX_UPLOAD, QUEUE_SIZE
+from app.inputs import audio_upload, image_upload
+from app.settings import (
+    CACHE_MAX_AGE_SECONDS,
+    CACHE_SWEEP_SECONDS,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_RESULTS,
+    MAX_UPLOAD,
+    QUEUE_SIZE,
+)
 from indexes.collection import ImageIndex
 from indexes.errors import IndexBusyError, IndexProblem
 from indexes.manifest import MANIFEST_FILE, Manifest
@@ -32,6 +40,7 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 320
 MATCH_COLOR = (255, 255, 0)  # boxes around the objects a query matched
+MAX_ALTERNATIVES = 5
 
 
 @dataclass(frozen=True)
@@ -132,15 +141,28 @@ def _thumbnail(path: str, matched: list[dict] | tuple[dict, ...] = ()) -> Image.
     return image
 
 
-def _voice(audio: tuple[int, np.ndarray] | None) -> tuple[np.ndarray, int] | None:
-    """Gradio's (rate, int16 samples) → (float waveform in [-1, 1], rate)."""
-    if audio is None:
-        return None
-    rate, samples = audio
-    samples = np.asarray(samples)
-    if np.issubdtype(samples.dtype, np.integer):
-        samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max)
-    return samples.astype(np.float32), int(rate)
+def _text(value: object, what: str) -> str:
+    """A text box's value as the API may send it: text or nothing."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise gr.Error(f"{what} must be text, not {type(value).__name__}", print_exception=False)
+    return value
+
+
+def _whole_number(value: object, what: str, low: int, high: int) -> int:
+    """A slider's value: a whole number from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value != int(value):
+        raise gr.Error(f"{what} must be a whole number from {low} to {high}", print_exception=False)
+    if not low <= value <= high:
+        raise gr.Error(f"{what} must be from {low} to {high}, not {value:g}", print_exception=False)
+    return int(value)
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise gr.Error(f"{what} must be true or false", print_exception=False)
+    return value
 
 
 def _api_row(result: SearchResult) -> dict:
@@ -159,13 +181,14 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
 
     def search(text, image, audio, negative, k, rerank):
         query = Query(
-            text=(text or "").strip() or None,
+            text=_text(text, "the query").strip() or None,
             image=image or None,
-            audio=_voice(audio),
-            negative=tuple(t.strip() for t in (negative or "").split(",") if t.strip()),
+            audio=audio,
+            negative=tuple(t.strip() for t in _text(negative, "'But not'").split(",") if t.strip()),
         )
+        k = _whole_number(k, "the number of results", 1, MAX_RESULTS)
         try:
-            results = collection.search(query, k=int(k), rerank=bool(rerank))
+            results = collection.search(query, k=k, rerank=_flag(rerank, "re-rank"))
         except (ValueError, OSError, IndexProblem) as error:
             raise _user_error(error) from None
         rows = [_api_row(r) for r in results]
@@ -191,8 +214,10 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             picture = read_image(image).image
         except ImageSkipped as skipped:
             raise gr.Error(f"cannot read this image: {skipped.reason}", print_exception=False) from None
+        question = _text(question, "the question")
+        alternatives = _whole_number(alternatives, "the number of other answers", 0, MAX_ALTERNATIVES)
         try:
-            answer = collection.model.ask([picture], [question or ""], alternatives=int(alternatives))[0]
+            answer = collection.model.ask([picture], [question], alternatives=alternatives)[0]
         except ValueError as error:
             raise _user_error(error) from None
         choices = {answer.answer: answer.confidence} | {a: c for a, c in answer.alternatives}
@@ -201,7 +226,8 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
     def add_folder(folder, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects progress)
         if not allow_indexing:
             raise gr.Error("adding folders from the web is turned off on this server (mmodal serve --no-indexing)")
-        if not (folder or "").strip():
+        folder = _text(folder, "the folder")
+        if not folder.strip():
             raise gr.Error("type the path of a folder on the server")
         try:
             summary = collection.add(folder.strip())
@@ -216,7 +242,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         except (ValueError, OSError, IndexProblem) as error:
             raise _user_error(error) from None
 
-    with gr.Blocks(title="mmodal") as app:
+    with gr.Blocks(title="mmodal", delete_cache=(CACHE_SWEEP_SECONDS, CACHE_MAX_AGE_SECONDS)) as app:
         gr.Markdown("# mmodal\nSearch your images by text, example image or voice, and ask questions about them.")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
@@ -230,11 +256,9 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         )
                         negative_text = gr.Textbox(label="But not (comma-separated)", placeholder="green")
                     with gr.Column(scale=1):
-                        query_image = gr.Image(
-                            label="Or an example image", type="filepath", image_mode=None, height=160
-                        )
+                        query_image = image_upload(label="Or an example image", height=160)
                     with gr.Column(scale=1):
-                        query_audio = gr.Audio(label="Or say it", sources=["microphone", "upload"], type="numpy")
+                        query_audio = audio_upload(label="Or say it", sources=["microphone", "upload"])
                 with gr.Row():
                     count = gr.Slider(1, MAX_RESULTS, value=12, step=1, label="Results")
                     rerank = gr.Checkbox(
@@ -245,9 +269,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                 rows_state = gr.State([])
                 with gr.Row():
                     with gr.Column(scale=2):
-                        picked = gr.Image(
-                            label="Selected", type="filepath", image_mode=None, interactive=False, elem_id="picked"
-                        )
+                        picked = image_upload(label="Selected", interactive=False, elem_id="picked")
                     with gr.Column(scale=1):
                         picked_info = gr.JSON(label="Details")
                         picked_question = gr.Textbox(
@@ -264,16 +286,14 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             with gr.Tab("Ask", id="ask"):
                 with gr.Row():
                     with gr.Column():
-                        ask_image = gr.Image(
-                            label="Image", type="filepath", image_mode=None, height=320, elem_id="ask-image"
-                        )
+                        ask_image = image_upload(label="Image", height=320, elem_id="ask-image")
                         question = gr.Textbox(
                             label="Question",
                             placeholder="what color is the star?",
                             max_length=10_000,
                             elem_id="question",
                         )
-                        alternatives = gr.Slider(0, 5, value=3, step=1, label="Other answers to show")
+                        alternatives = gr.Slider(0, MAX_ALTERNATIVES, value=3, step=1, label="Other answers to show")
                         ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
                     with gr.Column():
                         answer_text = gr.Textbox(label="Answer", interactive=False, elem_id="answer")

@@ -48,11 +48,11 @@ def preprocess_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: floa
         raise TowerInputError("empty audio: nothing to encode")
     if sample_rate <= 0:
         raise TowerInputError(f"sample rate must be positive, got {sample_rate}")
-    if sample_rate != SAMPLE_RATE:
-        waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
-    seconds = waveform.numel() / SAMPLE_RATE
+    seconds = waveform.numel() / sample_rate  # checked before resampling, which an hour-long clip would make slow
     if seconds > max_seconds:
         raise TowerInputError(f"audio is {seconds:.1f} s long; spoken queries may last at most {max_seconds:.0f} s")
+    if sample_rate != SAMPLE_RATE:
+        waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
     if not torch.isfinite(waveform).all():
         raise TowerInputError("audio holds NaN or infinite samples")
     return waveform

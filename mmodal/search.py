@@ -159,14 +159,23 @@ def read_query_image(path: str, image_size: int):
         raise ValueError(f"cannot use {path} as a query image: {skipped.reason}") from None
 
 
-def read_query_audio(path: str) -> tuple[np.ndarray, int]:
-    """A voice clip from a sound file (WAV, FLAC, OGG…) as (waveform, sample rate)."""
+MAX_CLIP_SECONDS = 60
+
+
+def read_query_audio(path: str, shown_as: str | None = None) -> tuple[np.ndarray, int]:
+    """A voice clip from a sound file (WAV, FLAC, OGG…) as (waveform, sample rate); errors name the file as
+    ``shown_as`` (by default its path)."""
     import soundfile
 
+    name = shown_as or path
     try:
+        duration = soundfile.info(path).duration
+        if duration > MAX_CLIP_SECONDS:  # refused before decoding: an hour of audio is gigabytes of samples
+            raise ValueError(f"{name} lasts {duration:.0f} s; a spoken query may last at most {MAX_CLIP_SECONDS} s")
         waveform, rate = soundfile.read(path, dtype="float32", always_2d=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no audio file at {path}") from None
+        raise FileNotFoundError(f"no audio file at {name}") from None
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"cannot read {path} as audio ({error}); give a WAV, FLAC or OGG file") from None
+        reason = str(error).replace(path, name)
+        raise ValueError(f"cannot read {name} as audio ({reason}); give a WAV, FLAC or OGG file") from None
     return waveform, rate
