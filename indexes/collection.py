@@ -9,9 +9,12 @@ previous FAISS file readable; the next writer finds the store ahead and catches 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import json
 import logging
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import faiss
 import numpy as np
 
 from indexes import vectors
-from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError
+from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ManifestDamagedError
 from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity, file_checksum
 from indexes.metadata import METADATA_FILE, ItemInfo, MetadataStore
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.faiss"
 LOCK_FILE = ".lock"
+MODEL_RECORD = "model"  # the metadata store's copy of the manifest's model, to rebuild a lost manifest
 _WRITING: set[Path] = set()  # POSIX record locks do not exclude a second writer in the same process
 
 
@@ -71,8 +75,13 @@ class ImageIndex:
             lock.close()
             raise busy from None
         try:
-            if (folder / MANIFEST_FILE).exists():
-                manifest = Manifest.load(folder)
+            rewrite = not (folder / MANIFEST_FILE).exists()
+            if not rewrite:
+                try:
+                    manifest = Manifest.load(folder)
+                except ManifestDamagedError as damage:
+                    manifest, rewrite = _manifest_from_store(folder, damage), True
+                    log.warning("%s; rewriting it from the metadata store's record", damage)
                 manifest.check_model(model, folder)
                 if factory and factory != manifest.factory:
                     manifest.factory, manifest.factory_chosen_by = factory, "user"
@@ -84,8 +93,11 @@ class ImageIndex:
                     factory_chosen_by="user" if factory else "size",
                 )
             store = MetadataStore(folder / METADATA_FILE, manifest.model.dim, manifest.model.slot_dim)
+            record = json.dumps({"model": dataclasses.asdict(manifest.model), "model_source": manifest.model_source})
+            if store.get_property(MODEL_RECORD) != record:
+                store.set_property(MODEL_RECORD, record)
             index = _read_checked(folder, manifest, repair=True) or vectors.new_index(manifest.factory, model.dim)
-            if not (folder / MANIFEST_FILE).exists():
+            if rewrite:
                 manifest.save(folder)
         except BaseException:
             lock.close()
@@ -212,6 +224,10 @@ class ImageIndex:
         infos = self.store.items([i for members in groups.values() for i in members])
         return [sorted((infos[i] for i in members if i in infos), key=lambda x: x.id) for members in groups.values()]
 
+    def count(self) -> int:
+        """Distinct images stored (copies of one picture count once)."""
+        return self.store.count()
+
     def stats(self) -> dict:
         index_file = self.folder / INDEX_FILE
         size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
@@ -245,6 +261,39 @@ def _search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray
         return index.search(queries, k)
     finally:
         faiss.omp_set_num_threads(threads)
+
+
+def recorded_model(folder: str | os.PathLike) -> Manifest | None:
+    """The manifest of the index in ``folder`` (rebuilt from the metadata store's record when it is damaged),
+    for the model that built it; None when the folder holds no index."""
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return Manifest.load(folder)
+    except ManifestDamagedError as damage:
+        return _manifest_from_store(folder, damage)
+
+
+def _manifest_from_store(folder: Path, damage: ManifestDamagedError) -> Manifest:
+    """The manifest rebuilt from the model record the metadata store keeps; the index file is then rebuilt
+    from the store, since its checksum is unknown."""
+    path = folder / METADATA_FILE
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM properties WHERE key = ?", (MODEL_RECORD,)).fetchone()
+        finally:
+            db.close()
+        record = json.loads(row[0]) if row else None
+    except (sqlite3.Error, ValueError):
+        record = None
+    if record is None:
+        raise IndexCorruptedError(
+            f"{damage}; but {path} keeps no record of the model (it is missing, damaged, or was written by an "
+            "older mmodal), so re-index the collection into a new folder"
+        ) from None
+    return Manifest.from_record(record["model"], record.get("model_source", ""))
 
 
 def _read_checked(folder: Path, manifest: Manifest, repair: bool) -> faiss.Index | None:

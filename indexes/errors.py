@@ -21,3 +21,7 @@ class IndexCorruptedError(IndexProblem, ValueError):
 
 class IndexBusyError(IndexProblem, RuntimeError):
     """Another process is writing to the index."""
+
+
+class ManifestDamagedError(IndexCorruptedError):
+    """The manifest cannot be read; a writer rebuilds it from the metadata store, which keeps its own copy."""

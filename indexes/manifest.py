@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexes.atomic import write_bytes
-from indexes.errors import IndexCorruptedError, ModelMismatchError
+from indexes.errors import IndexCorruptedError, ManifestDamagedError, ModelMismatchError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2  # 2: items keep object slots beside their vectors (metadata column ``slots``)
@@ -41,8 +41,15 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
-        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        found = data.get("format_version")
+        path = folder / MANIFEST_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            found = data.get("format_version")
+        except (ValueError, AttributeError) as error:  # truncated, bit-flipped, not JSON, not an object
+            raise ManifestDamagedError(
+                f"{path} is damaged ({type(error).__name__}: {error}); the images and vectors are safe in the "
+                f"metadata store: run `mmodal index --index {folder}` to rewrite it"
+            ) from None
         if found != FORMAT_VERSION:
             if isinstance(found, int) and found > FORMAT_VERSION:
                 made_by = "a newer mmodal; upgrade mmodal to read it, or"
@@ -53,12 +60,27 @@ class Manifest:
                 f"It was written by {made_by} re-index the collection into a new folder "
                 f"(`mmodal index PATH --index NEW_FOLDER`); it cannot be upgraded in place."
             )
-        data["model"] = ModelIdentity(**data["model"])
-        return cls(**data)
+        try:
+            data["model"] = ModelIdentity(**data["model"])
+            return cls(**data)
+        except (KeyError, TypeError) as error:
+            raise ManifestDamagedError(
+                f"{path} is damaged (a field is missing or wrong: {error}); the images and vectors are safe in "
+                f"the metadata store: run `mmodal index --index {folder}` to rewrite it"
+            ) from None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_record(cls, model: dict, model_source: str) -> Manifest:
+        """A manifest for an index whose own was lost, from the model record its metadata store keeps: the
+        index file is then rebuilt from the store."""
+        return cls(model=ModelIdentity(**model), model_source=model_source)
 
     def save(self, folder: Path) -> None:
         self.updated = time.time()
-        write_bytes(folder / MANIFEST_FILE, (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
+        write_bytes(folder / MANIFEST_FILE, self.to_json().encode())
 
     def check_model(self, model: ModelIdentity, folder: Path) -> None:
         if model != self.model:

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS skipped (
     mtime_ns INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -90,6 +91,10 @@ class MetadataStore:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            # Damage found now is named now, not halfway through a run or a search.
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
             self.db.executescript(SCHEMA)
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
             if "slots" not in columns:  # CREATE TABLE IF NOT EXISTS leaves an older table as it was
@@ -97,9 +102,25 @@ class MetadataStore:
                     f"{path} was written by an older mmodal (its items have no object slots); "
                     "re-index the collection into a new folder."
                 )
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise IndexCorruptedError(
+                f"{path} is damaged ({error}). It holds every indexed vector, so mmodal leaves it as it is. "
+                f"Save what SQLite can read with `sqlite3 {path} .recover | sqlite3 recovered.sqlite`, then put "
+                f"recovered.sqlite in its place (and delete {path.name}-wal beside it); or re-index the collection "
+                "into a new folder."
+            ) from None
         except BaseException:
             self.db.close()
             raise
+
+    def get_property(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM properties WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_property(self, key: str, value: str) -> None:
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         self.db.close()

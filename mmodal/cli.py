@@ -98,14 +98,10 @@ def _index(args: argparse.Namespace) -> int:
 
 def _index_model_source(index_dir: str) -> str | None:
     """The model an existing index was built with, so extending it needs no --model."""
-    from pathlib import Path
+    from indexes.collection import recorded_model
 
-    from indexes.manifest import MANIFEST_FILE, Manifest
-
-    if not (Path(index_dir) / MANIFEST_FILE).is_file():
-        return None
-    manifest = Manifest.load(Path(index_dir))
-    return manifest.model_source or manifest.model.name
+    manifest = recorded_model(index_dir)
+    return None if manifest is None else manifest.model_source or manifest.model.name
 
 
 def _open_searcher(index_dir: str, model_name: str | None):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedTokenizerFast
@@ -401,7 +402,12 @@ class MModalModel(nn.Module):
         config = ModelConfig.load(folder)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         model = cls(config, tokenizer)
-        missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False, device=str(device))
+        except SafetensorError as error:
+            raise ValueError(
+                f"{weights} is not a readable safetensors file ({error}); restore the model folder"
+            ) from None
         if allow_new_modules and missing and not unexpected:
             log.warning("%s lacks %d tensors (%s…); they start fresh", weights, len(missing), sorted(missing)[0])
             missing = []

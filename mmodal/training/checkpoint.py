@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmodal.fileio import default_file_mode, write_json
@@ -51,8 +52,14 @@ def find_checkpoint(run: Path) -> Path | None:
 
 def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict:
     """Restores the optimizer and torch's RNG; returns the JSON trainer state (step, rng, bank...)."""
-    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / OPTIMIZER_FILE))
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / OPTIMIZER_FILE))
+    except (ValueError, SafetensorError) as error:
+        raise ValueError(
+            f"the checkpoint in {folder} is damaged ({error}); delete that folder: --resume then goes on from the "
+            "previous checkpoint when one is kept, else the run starts over"
+        ) from None
     torch.set_rng_state(tensors.pop("torch_rng"))
     per_param: dict[int, dict] = {}
     for name, value in tensors.items():
