@@ -9,7 +9,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
@@ -133,13 +135,26 @@ def test_bad_input_gets_a_message(served, tmp_path):
         search(client, "a red circle " * 100)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    with pytest.raises(AppError, match="cannot identify image file"):  # refused by the upload itself
-        client.predict(handle_file(str(broken)), "what color is the star?", 3, api_name="/ask")
     truncated = tmp_path / "truncated.png"
     Image.effect_noise((300, 300), 64).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
-    with pytest.raises(AppError, match="cannot read this image"):
-        client.predict(handle_file(str(truncated)), "what color is the star?", 3, api_name="/ask")
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not a sound", encoding="utf-8")
+    refusals = {
+        "ask": (broken, "cannot use broken.png as an image: not an image"),
+        "search by image": (truncated, "cannot use truncated.png as an image: truncated or corrupt image"),
+        "search by voice": (notes, "cannot read notes.wav as audio"),
+    }
+    for where, (upload, message) in refusals.items():
+        with pytest.raises(AppError) as refused:  # the upload box itself refuses it, with mmodal's words
+            if where == "ask":
+                client.predict(handle_file(str(upload)), "what color is the star?", 3, api_name="/ask")
+            elif where == "search by image":
+                search(client, image=handle_file(str(upload)))
+            else:
+                search(client, audio=handle_file(str(upload)))
+        assert message in str(refused.value), where
+        assert "preprocess" not in str(refused.value) and "/tmp" not in str(refused.value), where
     good = tmp_path / "good.png"
     Image.new("RGB", (64, 64), "white").save(good)
     with pytest.raises(AppError, match="too long"):
@@ -203,6 +218,36 @@ def test_login_upload_limit_and_read_only_mode(tmp_path, model):
         Image.effect_noise((200, 200), 64).save(big)
         with pytest.raises(ValueError, match="exceeds the maximum file size of 2048 bytes"):
             search(client, image=handle_file(str(big)), k=1)
+    finally:
+        app.close()
+
+
+def test_with_a_login_no_route_answers_anonymous_calls(tmp_path, model):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), "red").save(folder / "red.png")
+    index_collection(model, [folder], tmp_path / "index", workers=1, show_progress=False)
+    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"))
+    app, url = launch(Collection(tmp_path / "index", model), options, block=False)
+    picture = (folder / "red.png").resolve()
+    body = {"data": ["a red circle", None, None, "", 3, True]}
+    routes = [
+        ("GET", "gradio_api/info", None),
+        ("GET", f"gradio_api/file={picture}", None),
+        ("GET", f"gradio_api/file={quote(str(picture))}", None),
+        ("POST", "gradio_api/call/search", body),
+        ("POST", "gradio_api/run/search", body),
+        ("POST", "gradio_api/queue/join", {**body, "fn_index": 0, "session_hash": "x"}),
+    ]
+    try:
+        with httpx.Client(timeout=30) as anonymous:
+            page = anonymous.get(url).text.replace(" ", "")  # the login page: no components, no events
+            assert '"auth_required":true' in page and '"components":[],"dependencies":[]' in page
+            for method, route, payload in routes:
+                reply = anonymous.request(method, url + route, json=payload)
+                assert reply.status_code in (401, 403), f"{method} /{route} answered {reply.status_code}"
+            upload = anonymous.post(url + "gradio_api/upload", files=[("files", ("a.png", picture.read_bytes()))])
+            assert upload.status_code in (401, 403), f"an anonymous upload answered {upload.status_code}"
     finally:
         app.close()
 

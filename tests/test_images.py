@@ -24,7 +24,7 @@ from mmodal.data.images import (
     stat_file,
     walk_images,
 )
-from tests import hostile_images as hostile
+from reliability import hostile_images as hostile
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,60 @@ def test_a_damaged_index_file_is_detected_and_rebuilt_by_a_writer(tmp_path):
         assert index.search(items[9].vector, k=1)[0][0].path == "/photos/9.png"
 
 
+def _built(folder, rng, n=40):
+    items = _items(rng, n)
+    with ImageIndex.open_for_writing(folder, MODEL) as index:
+        index.store.write_batch(items)
+        index.sync()
+    return items
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "emptied", "not-an-object"])
+def test_a_damaged_manifest_is_named_and_rewritten_from_the_store(tmp_path, damage):
+    items = _built(tmp_path, np.random.default_rng(8))
+    path = tmp_path / MANIFEST_FILE
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 3]
+    elif damage == "bit-flipped":
+        data[data.index(b'"model"') + 1] ^= 0x40  # the key no longer says "model"
+    elif damage == "emptied":
+        data = bytearray()
+    else:
+        data = bytearray(b"[1, 2, 3]")
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptedError, match=f"{MANIFEST_FILE} is damaged.*mmodal index --index"):
+        ImageIndex.open(tmp_path)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        assert index.manifest.model == MODEL
+        index.sync()
+    with ImageIndex.open(tmp_path) as index:
+        assert index.index.ntotal == len(items)
+        assert index.search(items[7].vector, k=1)[0][0].path == "/photos/7.png"
+    other = dataclasses.replace(MODEL, weights_hash="cd" * 16)
+    path.write_bytes(b"{")
+    with pytest.raises(ModelMismatchError):  # the store's record still says which model made its vectors
+        ImageIndex.open_for_writing(tmp_path, other)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_metadata_store_is_named_with_a_way_to_recover_and_left_alone(tmp_path, damage):
+    _built(tmp_path, np.random.default_rng(9), n=400)
+    with sqlite3.connect(tmp_path / METADATA_FILE) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the main file, as after a clean close
+    path = tmp_path / METADATA_FILE
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[4096 * 3 : 4096 * 3 + 512] = bytes(512)  # a page of the items table zeroed, as a bad sector would
+    path.write_bytes(bytes(data))
+    for opening in (lambda: ImageIndex.open(tmp_path), lambda: ImageIndex.open_for_writing(tmp_path, MODEL)):
+        with pytest.raises(IndexCorruptedError, match=f"{METADATA_FILE} is damaged.*\\.recover"):
+            opening()
+    assert path.read_bytes() == bytes(data)  # never silently emptied or rewritten
+
+
 def test_a_store_ahead_of_the_index_file_is_caught_up(tmp_path):
     """What a crash between committing a batch and saving the FAISS file leaves behind."""
     rng = np.random.default_rng(6)

@@ -25,7 +25,7 @@ from mmodal.config import tiny_config
 from mmodal.model import MModalModel
 from mmodal.shapes.generate import generate_shapes
 from mmodal.training.slot_recipe import shapes_slot_config
-from tests.hostile_images import make_hostile_folder
+from reliability.hostile_images import make_hostile_folder
 
 QUERIES = ["a red circle", "two blue squares", "a green star left of a white hexagon"]
 

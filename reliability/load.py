@@ -1,0 +1,206 @@
+"""Load on the running app: many clients at once searching by text, image and voice and asking questions.
+
+    python -m reliability.load --clients 50 --seconds 60 --out runs/load
+
+Generates a Shapes collection, indexes it and serves it with `mmodal serve` on loopback, then runs the
+clients as threads, each a closed loop (send a request, wait for its answer, think, send the next) that stops
+by itself at the deadline. Reports latency percentiles and errors per endpoint, the server's memory and its
+file cache on disk at the start and at the end, and what a client is told when the queue is full. Prints
+JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from reliability.fuzz import call, stop, upload
+
+MIX = (("text", 0.6), ("image", 0.15), ("voice", 0.1), ("ask", 0.15))
+
+
+def server_memory_mib(pid: int) -> float:
+    """Resident memory of the server process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def folder_mib(folder: Path) -> tuple[int, float]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files) / 2**20
+
+
+def _serve(index_dir: Path, port: int, cache: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache)}
+    out = log.open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mmodal.cli", "serve", "--index", str(index_dir), "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(1)
+    stop(server)
+    raise RuntimeError(f"the app did not start; see {log}")
+
+
+def _client(url: str, deadline: float, seed: int, mix, texts, images, clips, questions, think: float, record) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as client:
+        while time.monotonic() < deadline:
+            kind = rng.choices([k for k, _ in mix], [w for _, w in mix])[0]
+            started = time.perf_counter()
+            try:
+                if kind == "text":
+                    outcome, detail = call(client, url, "search", [rng.choice(texts), None, None, "", 12, True])
+                elif kind == "image":
+                    picture = upload(client, url, rng.choice(images))
+                    outcome, detail = call(client, url, "search", [None, picture, None, "", 12, True])
+                elif kind == "voice":
+                    clip = upload(client, url, rng.choice(clips))
+                    outcome, detail = call(client, url, "search", [None, None, clip, "", 12, True])
+                else:
+                    picture, question = rng.choice(questions)
+                    outcome, detail = call(client, url, "ask", [upload(client, url, picture), question, 3])
+            except httpx.HTTPError as error:
+                outcome, detail = "transport", repr(error)
+            record(kind, outcome, time.perf_counter() - started, detail)
+            time.sleep(rng.uniform(0, 2 * think))
+
+
+def queue_full_message(url: str, burst: int) -> tuple[int, str]:
+    """Sends ``burst`` searches at once; returns how many the queue refused, and what it said."""
+    refused: list[str] = []
+
+    def one(_):
+        with httpx.Client(timeout=120.0) as client:
+            outcome, detail = call(client, url, "search", ["a red circle", None, None, "", 12, True])
+            if outcome != "answered":
+                refused.append(detail)
+
+    with ThreadPoolExecutor(burst) as pool:
+        list(pool.map(one, range(burst)))
+    return len(refused), (refused[0] if refused else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--think", type=float, default=1.0, help="mean pause between a client's requests, s")
+    parser.add_argument("--images", type=int, default=1000, help="images in the served collection")
+    parser.add_argument("--burst", type=int, default=200, help="simultaneous requests to fill the queue")
+    parser.add_argument("--out", default="runs/load")
+    parser.add_argument("--port", type=int, default=7893)
+    args = parser.parse_args(argv)
+
+    from mmodal.data.dataset import read_dataset
+    from mmodal.shapes.generate import generate_shapes
+    from mmodal.shapes.speech import SpeechSynthesisError, espeak_path
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        espeak_path()
+        speech = True
+    except SpeechSynthesisError:
+        speech = False
+    generate_shapes(out / "shapes", n=args.images, seed=31, split="test", with_speech=speech, n_queries=60)
+    dataset = read_dataset(out / "shapes")
+    subprocess.run(
+        [sys.executable, "-m", "mmodal.cli", "index", str(out / "shapes" / "images"), "--index", str(out / "index")],
+        check=True,
+        capture_output=True,
+    )
+    files = {r.id: dataset.root / r.file for r in dataset.images}
+    texts = [q.text for q in dataset.queries]
+    images = list(files.values())[:50]
+    clips = [dataset.root / q.audio for q in dataset.queries if q.audio] or []
+    questions = [(files[q.image_id], q.question) for q in dataset.questions[:100]]
+    mix = MIX if clips else tuple(m for m in MIX if m[0] != "voice")
+
+    cache = out / "gradio-cache"
+    server = _serve(out / "index", args.port, cache, out / "server.log")
+    url = f"http://127.0.0.1:{args.port}"
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, list[str]] = defaultdict(list)
+    lock = threading.Lock()
+
+    def record(kind: str, outcome: str, seconds: float, detail: str) -> None:
+        with lock:
+            latencies[kind].append(seconds)
+            if outcome != "answered":
+                errors[kind].append(f"{outcome}: {detail[:200]}")
+
+    try:
+        with httpx.Client() as warm:  # one of each before measuring: the first calls load lazily
+            call(warm, url, "search", [texts[0], None, None, "", 12, True])
+        memory_start, disk_start = server_memory_mib(server.pid), folder_mib(cache)
+        deadline = time.monotonic() + args.seconds
+        threads = [
+            threading.Thread(
+                target=_client,
+                args=(url, deadline, i, mix, texts, images, clips, questions, args.think, record),
+                daemon=True,
+            )
+            for i in range(args.clients)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(args.seconds + 300)
+        hung = sum(t.is_alive() for t in threads)
+        memory_end, disk_end = server_memory_mib(server.pid), folder_mib(cache)
+        refused, message = queue_full_message(url, args.burst)
+    finally:
+        stop(server)
+    per_endpoint = {
+        kind: {
+            "requests": len(v),
+            "errors": len(errors[kind]),
+            "p50_ms": round(float(np.percentile(v, 50)) * 1000),
+            "p95_ms": round(float(np.percentile(v, 95)) * 1000),
+            "p99_ms": round(float(np.percentile(v, 99)) * 1000),
+        }
+        for kind, v in sorted(latencies.items())
+    }
+    result = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "mean_think_seconds": args.think,
+        "endpoints": per_endpoint,
+        "first_errors": {k: v[:3] for k, v in errors.items() if v},
+        "clients_still_running_at_deadline_plus_300s": hung,
+        "server_memory_mib": {"start": round(memory_start), "end": round(memory_end)},
+        "file_cache": {"start": {"files": disk_start[0], "mib": round(disk_start[1], 1)},
+                       "end": {"files": disk_end[0], "mib": round(disk_end[1], 1)}},
+        "queue_full": {"burst": args.burst, "refused": refused, "message": message},
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0 if not any(errors.values()) and not hung else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
