@@ -63,3 +63,19 @@ def audio_upload(**options) -> gr.Audio:
 
     box.preprocess = preprocess
     return box
+
+
+def whole_number_slider(minimum: int, maximum: int, **options) -> gr.Slider:
+    """A slider whose value, from the page or the API, must be a whole number from ``minimum`` to ``maximum``."""
+    box = gr.Slider(minimum, maximum, step=1, **options)
+    what = (options.get("label") or "the value").lower()
+
+    def preprocess(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value != int(value):
+            raise gr.Error(f"{what} must be a whole number from {minimum} to {maximum}", print_exception=False)
+        if not minimum <= value <= maximum:
+            raise gr.Error(f"{what} must be from {minimum} to {maximum}, not {value:g}", print_exception=False)
+        return int(value)
+
+    box.preprocess = preprocess
+    return box

@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from app.inputs import audio_upload, image_upload
+from app.inputs import audio_upload, image_upload, whole_number_slider
 from app.settings import (
     CACHE_MAX_AGE_SECONDS,
     CACHE_SWEEP_SECONDS,
@@ -150,15 +150,6 @@ def _text(value: object, what: str) -> str:
     return value
 
 
-def _whole_number(value: object, what: str, low: int, high: int) -> int:
-    """A slider's value: a whole number from ``low`` to ``high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value != int(value):
-        raise gr.Error(f"{what} must be a whole number from {low} to {high}", print_exception=False)
-    if not low <= value <= high:
-        raise gr.Error(f"{what} must be from {low} to {high}, not {value:g}", print_exception=False)
-    return int(value)
-
-
 def _flag(value: object, what: str) -> bool:
     if not isinstance(value, bool):
         raise gr.Error(f"{what} must be true or false", print_exception=False)
@@ -186,7 +177,6 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             audio=audio,
             negative=tuple(t.strip() for t in _text(negative, "'But not'").split(",") if t.strip()),
         )
-        k = _whole_number(k, "the number of results", 1, MAX_RESULTS)
         try:
             results = collection.search(query, k=k, rerank=_flag(rerank, "re-rank"))
         except (ValueError, OSError, IndexProblem) as error:
@@ -197,7 +187,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
 
     def show_result(rows: list[dict], selected: gr.SelectData):  # Gradio fills it in by its type
         if not rows or not 0 <= selected.index < len(rows):
-            raise gr.Error("search, then select a result to open it")
+            raise gr.Error("search, then select a result to open it", print_exception=False)
         row = rows[selected.index]
         details = dict(row)
         state = collection.searcher().index.store.file_state(row["file"])
@@ -209,13 +199,12 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
 
     def ask(image, question, alternatives):
         if not image:
-            raise gr.Error("add an image to ask about")
+            raise gr.Error("add an image to ask about", print_exception=False)
         try:
             picture = read_image(image).image
         except ImageSkipped as skipped:
             raise gr.Error(f"cannot read this image: {skipped.reason}", print_exception=False) from None
         question = _text(question, "the question")
-        alternatives = _whole_number(alternatives, "the number of other answers", 0, MAX_ALTERNATIVES)
         try:
             answer = collection.model.ask([picture], [question], alternatives=alternatives)[0]
         except ValueError as error:
@@ -225,10 +214,13 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
 
     def add_folder(folder, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects progress)
         if not allow_indexing:
-            raise gr.Error("adding folders from the web is turned off on this server (mmodal serve --no-indexing)")
+            raise gr.Error(
+                "adding folders from the web is turned off on this server (mmodal serve --no-indexing)",
+                print_exception=False,
+            )
         folder = _text(folder, "the folder")
         if not folder.strip():
-            raise gr.Error("type the path of a folder on the server")
+            raise gr.Error("type the path of a folder on the server", print_exception=False)
         try:
             summary = collection.add(folder.strip())
         except (ValueError, OSError, IndexProblem) as error:
@@ -260,7 +252,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                     with gr.Column(scale=1):
                         query_audio = audio_upload(label="Or say it", sources=["microphone", "upload"])
                 with gr.Row():
-                    count = gr.Slider(1, MAX_RESULTS, value=12, step=1, label="Results")
+                    count = whole_number_slider(1, MAX_RESULTS, value=12, label="Results")
                     rerank = gr.Checkbox(
                         value=True, label="Re-rank with the slot reasoner (text queries; boxes show what matched)"
                     )
@@ -293,7 +285,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                             max_length=10_000,
                             elem_id="question",
                         )
-                        alternatives = gr.Slider(0, MAX_ALTERNATIVES, value=3, step=1, label="Other answers to show")
+                        alternatives = whole_number_slider(0, MAX_ALTERNATIVES, value=3, label="Other answers to show")
                         ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
                     with gr.Column():
                         answer_text = gr.Textbox(label="Answer", interactive=False, elem_id="answer")

@@ -34,6 +34,9 @@ class AudioEncoderConfig:
         return (self.max_frames + 3) // 4 + 1
 
 
+MIN_SECONDS = 0.1
+
+
 def preprocess_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: float) -> torch.Tensor:
     """Any (T,) or (channels, T) waveform → 16 kHz mono float32 (T',), checked for emptiness and length."""
     if not torch.is_tensor(waveform):
@@ -49,6 +52,8 @@ def preprocess_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: floa
     if sample_rate <= 0:
         raise TowerInputError(f"sample rate must be positive, got {sample_rate}")
     seconds = waveform.numel() / sample_rate  # checked before resampling, which an hour-long clip would make slow
+    if seconds < MIN_SECONDS:  # shorter than one analysis window of the spectrogram
+        raise TowerInputError(f"audio is {seconds * 1000:.0f} ms long; a spoken query needs at least {MIN_SECONDS} s")
     if seconds > max_seconds:
         raise TowerInputError(f"audio is {seconds:.1f} s long; spoken queries may last at most {max_seconds:.0f} s")
     if sample_rate != SAMPLE_RATE:

@@ -40,7 +40,7 @@ REQUEST_SECONDS = 60.0  # a request still unanswered after this counts as a hang
 CLI_SECONDS = 180.0
 REFERENCE_QUERY = "a red circle"
 LEAKS = ("Traceback", "/tmp/gradio", "Could not preprocess")  # what a user must never be shown
-FRAMEWORK_REFUSALS = ("validation error for", "was not uploaded by a user")
+FRAMEWORK_REFUSALS = ("validation error for", "was not uploaded by a user", "didn't receive enough input values")
 ACCEPTABLE = ("answered", "refused", "refused-by-gradio")
 
 
@@ -79,6 +79,7 @@ class Tally:
 
 def _mmodal(*args: str, timeout: float = CLI_SECONDS) -> tuple[str, str, float]:
     """Runs the CLI; returns (outcome, what it printed on error, seconds)."""
+    args = tuple(a.replace("\x00", "") for a in args)  # no command line can carry a NUL byte
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -110,9 +111,10 @@ def index_hostile_folder(files: list[HostileFile], folder: Path, index_dir: Path
     summary = json.loads(done.stdout)
     skipped = {s["path"] for s in summary["skipped"]}
     for case in files:
-        if case.kind == "link_loop":
-            continue  # a folder link: walked into at most once, never a file
-        shown = os.fsencode(case.path).decode("utf-8", "backslashreplace")
+        if case.kind == "link_loop":  # a folder link: walked into at most once, and the run ended
+            tally.add("cli-index", case.kind, "answered")
+            continue
+        shown = os.fsencode(os.path.abspath(case.path)).decode("utf-8", "backslashreplace")
         was_skipped = shown in skipped
         if (
             case.usable is True
@@ -282,6 +284,30 @@ def _file_route(client: httpx.Client, url: str, rng: np.random.Generator) -> tup
 # ------------------------------------------------------------------------------------------------ run
 
 
+# Exceptions the server logs that are refusals: mmodal's own (gr.Error) and Gradio's checks of a request's
+# shape, which run before any mmodal code and answer the client with what was wrong.
+SERVER_REFUSALS = (
+    "gradio.exceptions.Error",
+    "pydantic_core._pydantic_core.ValidationError",
+    "gradio.exceptions.InvalidPathError",
+    "ValueError: An event handler",
+)
+
+
+def server_errors(log: str) -> Counter:
+    """The last line of each traceback in the server's log (the exception and its message), counted."""
+    found: Counter = Counter()
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            j = i + 1
+            while j < len(lines) and (lines[j].startswith(" ") or not lines[j].strip()):
+                j += 1
+            if j < len(lines):
+                found[lines[j][:160]] += 1
+    return found
+
+
 def serve(index_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
     """`mmodal serve` in its own process group, answering once its page loads."""
     log = log_path.open("w")
@@ -335,14 +361,16 @@ def main(argv: list[str] | None = None) -> int:
         same = http_cases(f"http://127.0.0.1:{args.port}", images, clips, args.requests, tally)
     finally:
         stop(server)
-    server_log = (out / "server.log").read_text(errors="replace")
+    errors = server_errors((out / "server.log").read_text(errors="replace"))
+    unhandled = {e: n for e, n in errors.items() if not e.startswith(SERVER_REFUSALS)}
     result = tally.summary() | {
         "same_results_after": same,
-        "server_tracebacks": server_log.count("Traceback"),
+        "server_errors_logged": dict(errors.most_common()),
+        "server_unhandled": unhandled,
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result, indent=2))
-    ok = not tally.failures and same and result["server_tracebacks"] == 0
+    ok = not tally.failures and same and not unhandled
     return 0 if ok else 1
 
 
