@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -71,6 +74,63 @@ def test_interrupted_run_resumes_to_the_same_model(shapes_train_dir, tmp_path):
     # Same trajectory; only float rounding of multi-threaded CPU kernels may differ.
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
     assert json.loads((resumed / "train_config.json").read_text())["steps"] == 8
+
+
+# Run in a child process: trains, and SIGKILLs itself inside the second checkpoint's save, at one of two moments:
+# with the new checkpoint half written, or with the previous one moved aside and the new one not yet in place.
+KILLED_MID_CHECKPOINT = """
+import json, os, signal, sys
+from pathlib import Path
+from mmodal.training import checkpoint
+from mmodal.training.config import TrainConfig
+from mmodal.training.loop import train
+
+moment, settings = sys.argv[1], json.loads(sys.argv[2])
+saves = {"n": 0}
+write_json, rename = checkpoint.write_json, Path.rename
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def half_written(path, data):
+    saves["n"] += 1
+    if saves["n"] == 2:
+        die()
+    write_json(path, data)
+
+def swapping(self, target):
+    done = rename(self, target)
+    if self.name == checkpoint.CHECKPOINT_DIR:
+        die()
+    return done
+
+if moment == "writing":
+    checkpoint.write_json = half_written
+else:
+    Path.rename = swapping
+train(TrainConfig(**settings))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["writing", "swapping"])
+def test_killed_mid_checkpoint_the_run_resumes_from_the_last_whole_one(moment, shapes_train_dir, tmp_path):
+    straight = train(_config(tmp_path / "a", shapes_train_dir))
+    config = _config(tmp_path / "b", shapes_train_dir)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_CHECKPOINT, moment, json.dumps(asdict(config))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert not (tmp_path / "b" / "run" / "model").exists()
+    resumed = train(config, resume=True)
+    state = json.loads((tmp_path / "b" / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 8
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
 
 
 def test_clip_recipe_uses_captions_and_plain_infonce(shapes_train_dir, tmp_path):

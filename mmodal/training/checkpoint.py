@@ -24,6 +24,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 def save_checkpoint(run: Path, model, optimizer: torch.optim.Optimizer, state: dict) -> Path:
     """Writes ``run/checkpoint`` via a side folder and renames, so a crash leaves the previous one whole."""
     partial, target, old = run / f"{CHECKPOINT_DIR}.partial", run / CHECKPOINT_DIR, run / f"{CHECKPOINT_DIR}.old"
+    if not target.exists() and find_checkpoint(run) == old:  # a swap cut short: the old one is the whole one
+        old.rename(target)
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     optimizer_state = optimizer.state_dict()
