@@ -15,7 +15,16 @@ import soundfile
 
 from mmodal.data.dataset import read_dataset
 from mmodal.shapes.generate import generate_shapes
-from mmodal.shapes.semantics import HELD_OUT_PAIRS, QUESTION_TYPES, parse_question, parse_statement
+from mmodal.shapes.semantics import (
+    HELD_OUT_PAIRS,
+    QUESTION_TYPES,
+    RELATIONS,
+    CountPhrase,
+    RelationPhrase,
+    parse_question,
+    parse_statement,
+)
+from mmodal.shapes.world import any_statement
 from tests.spec_check import check_dataset
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -140,3 +149,16 @@ def test_cli_generates_and_reports(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "must be at least 1" in bad.stderr
+
+
+def test_statements_from_the_whole_grammar_parse_back_and_keep_the_hold_out():
+    rng = np.random.default_rng(0)
+    statements = [any_statement(rng, "train") for _ in range(3000)]
+    assert all(parse_statement(s.text()) == s for s in statements)
+    assert not any(s.held_out for s in statements)
+    parts = [p for s in statements for p in s.parts]
+    counts = [p.count for p in parts if isinstance(p, CountPhrase)]
+    relations = [p.relation for p in parts if isinstance(p, RelationPhrase)]
+    assert set(counts) == {1, 2, 3, 4} and min(np.bincount(counts)[1:]) > 0.2 * len(counts)
+    assert set(relations) == set(RELATIONS)
+    assert any(any_statement(rng, "test").held_out for _ in range(3000))

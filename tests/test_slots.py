@@ -149,6 +149,24 @@ def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model,
         assert np.mean([h[key] for h in history[-4:]]) < 0.7 * np.mean([h[key] for h in history[:4]]), key
 
 
+def test_spliced_texts_take_every_shared_word_from_the_donor_and_keep_their_own_changed_word():
+    from mmodal.shapes.world import one_word_changed
+    from mmodal.training.slot_recipe import splice_contexts
+
+    text = parse_statement("a small red circle left of a blue square")
+    donor = one_word_changed(text, np.random.default_rng(3), "train")
+    assert donor is not None and donor.text() != text.text() and not donor.held_out
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 5, 9, 7, 2], [1, 5, 6, 7, 2]])  # rows: other text, text, donor
+    ids[2, 2] = 8  # the donor differs from row 1 in one word
+    tokens = torch.arange(3 * 5 * 2, dtype=torch.float32).view(3, 5, 2)
+    spliced = splice_contexts(tokens, ids, torch.tensor([1]), donors_from=2)
+    assert torch.equal(spliced[0], tokens[0])  # rows not spliced are left as they were
+    assert torch.equal(spliced[1, 2], tokens[1, 2])  # the changed word keeps its own token
+    for position in (0, 1, 3, 4):
+        assert torch.equal(spliced[1, position], tokens[2, position])
+    assert torch.equal(tokens[1, 0], torch.tensor([10.0, 11.0]))  # the input is not changed in place
+
+
 def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir, tmp_path):
     from PIL import Image
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from mmodal.shapes.semantics import (
     COLORS,
+    COUNT_WORDS,
     HELD_OUT_PAIRS,
     INVERSE_RELATION,
     MAX_OBJECTS,
@@ -321,3 +322,63 @@ def _query(kind: str, scene: Scene, obj: SceneObject, rng, bound: bool) -> State
             return Statement((RelationPhrase(_bound(obj), r, _bound(other)),))
         return Statement((RelationPhrase(_bound(other), INVERSE_RELATION[r], _bound(obj)),))
     raise ValueError(f"unknown query kind {kind!r}; choose from {QUERY_KINDS}")
+
+
+# ------------------------------------------------------------------------------------- any statement
+
+PHRASE_ATTRIBUTES = ("size", "color", "shape")
+MAX_STATEMENT_PARTS = 2  # as search queries have
+
+
+def _any_phrase(rng: np.random.Generator, split: str, allow_bare: bool) -> ObjectPhrase:
+    """A phrase naming a random subset of size, colour and shape (none: "object"), legal for ``split``."""
+    while True:
+        named = tuple(a for a in PHRASE_ATTRIBUTES if rng.random() < 0.6)
+        if named or allow_bare:
+            return _random_phrase(rng, split, named)
+
+
+def any_statement(rng: np.random.Generator, split: str) -> Statement:
+    """A statement drawn from the whole query grammar, true of no scene in particular: every structure, count
+    and relation equally often, with phrases legal for ``split``. What a query reader must learn to read."""
+    parts = []
+    for _ in range(int(rng.integers(1, MAX_STATEMENT_PARTS + 1))):
+        structure = ("object", "count", "relation")[int(rng.integers(3))]
+        if structure == "count":
+            count = int(rng.integers(1, len(COUNT_WORDS)))  # the grammar counts from one
+            parts.append(CountPhrase(count, _any_phrase(rng, split, allow_bare=True)))
+        elif structure == "relation":
+            relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+            parts.append(RelationPhrase(_any_phrase(rng, split, False), relation, _any_phrase(rng, split, False)))
+        else:
+            parts.append(_any_phrase(rng, split, allow_bare=False))
+    return Statement(tuple(parts))
+
+
+def one_word_changed(statement: Statement, rng: np.random.Generator, split: str) -> Statement | None:
+    """``statement`` with one attribute word of one phrase changed to another value legal for ``split``, or None
+    when it has nothing to change. The two texts differ in that one word."""
+    phrases = statement.object_phrases()
+    for _ in range(8):
+        phrase = phrases[int(rng.integers(len(phrases)))]
+        named = [a for a in PHRASE_ATTRIBUTES if getattr(phrase, a) is not None]
+        if not named:
+            continue
+        attribute = named[int(rng.integers(len(named)))]
+        values = {"size": SIZES, "color": tuple(COLORS), "shape": SHAPES}[attribute]
+        value = values[int(rng.integers(len(values)))]
+        changed = replace(phrase, **{attribute: value})
+        if value == getattr(phrase, attribute) or (split == "train" and changed.held_out):
+            continue
+        return Statement(tuple(_with_phrase(part, phrase, changed) for part in statement.parts))
+    return None
+
+
+def _with_phrase(part, old: ObjectPhrase, new: ObjectPhrase):
+    if isinstance(part, ObjectPhrase):
+        return new if part is old else part
+    if isinstance(part, CountPhrase):
+        return replace(part, phrase=new) if part.phrase is old else part
+    return replace(
+        part, subject=new if part.subject is old else part.subject, other=new if part.other is old else part.other
+    )

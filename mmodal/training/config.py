@@ -35,10 +35,12 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 200
     perception_steps: int = 3600  # recipe "slots": detector and crop classifier
-    reasoner_steps: int = 1500  # recipe "slots": reasoner and pooler on noisy ground-truth slots
+    reasoner_steps: int = 1000  # recipe "slots": reasoner and pooler on noisy ground-truth slots
     joint_steps: int = 600  # recipe "slots": reasoner and pooler on the detector's own slots
     slot_noise: float = 1.0  # how far ground-truth slots are blurred towards a detector's uncertainty
     parse_loss_weight: float = 1.0  # the query reader's parse targets (kind, phrases, relation, count)
+    parse_texts: int = 64  # recipe "slots": texts per step drawn from the whole grammar, for the parse targets only
+    parse_splice: float = 0.5  # share of those texts read with their words' contexts taken from a one-word variant
     audio_loss_weight: float = 1.0
     vqa_loss_weight: float = 1.0  # prefix language modelling of answers to the spec's questions
     vqa_per_step: int = 64  # question–answer pairs per step (one per image, asked of the image as seen)

@@ -3,6 +3,8 @@
 1. perception: the detector's dense heads and the crop classifier, from the scene graphs;
 2. reasoning on ground-truth slots (noisy, no pixels, cheap): the query reader's parse targets, the relation
    scorer on object offsets, the match loss through the soft logic, and the slot pooler's contrastive loss;
+   the reader also reads texts drawn from the whole grammar, half of them with their words' contexts taken
+   from a one-word variant, so that it reads colour–shape pairs it has never seen;
 3. the same on the slots that the trained detector predicts, so that both learn its mistakes.
 
 The towers of the first design (language core, audio, the patch tower and the answer prefix) come from
@@ -25,6 +27,7 @@ from mmodal.config import ModelConfig, with_slots
 from mmodal.data.dataset import Dataset
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes.semantics import COLORS, RELATIONS, SHAPES, SIZES, Scene
+from mmodal.shapes.world import any_statement, one_word_changed
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import draw_foil, draw_statement
 from mmodal.training.losses import multi_positive_nce
@@ -144,6 +147,21 @@ def slot_losses(
     return reasoning_losses(model, scenes, slots.to(model.device), rng, config)
 
 
+def splice_contexts(tokens: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, donors_from: int) -> torch.Tensor:
+    """Rows ``rows`` of the core's tokens, each with every word it shares with its donor (row ``donors_from + k``
+    for the k-th row, the same text with one word changed) taken from the donor.
+
+    A shared word's token then carries the context of another colour, shape or size than the one its text
+    names, and only the changed word says which. A reader taught on such texts reads each word for itself, as
+    it must for a colour and a shape it has never seen together (the core has never read them side by side).
+    """
+    donor = tokens[donors_from : donors_from + len(rows)]
+    same = (ids[rows] == ids[donors_from : donors_from + len(rows)]).unsqueeze(-1)
+    tokens = tokens.clone()
+    tokens[rows] = torch.where(same, donor, tokens[rows])
+    return tokens
+
+
 def reasoning_losses(
     model: MModalModel, scenes: list[Scene], slots: torch.Tensor, rng: np.random.Generator, config: TrainConfig
 ) -> dict[str, torch.Tensor]:
@@ -152,13 +170,21 @@ def reasoning_losses(
     statements = [draw_statement(s, rng, TEXT_KINDS) for s in scenes]
     foils = [f for f in (draw_foil(s, rng) for s in scenes[: len(scenes) // 2]) if f is not None]
     statements += foils
-    ids, mask = model.tokenize([s.text() for s in statements])
+    # Texts read for their structure alone: every count, relation and phrase equally often, which the true
+    # statements of a batch's scenes are not (four of a kind is rare in a scene, so "four" is rare in them).
+    readings = [any_statement(rng, "train") for _ in range(config.parse_texts)]
+    donors = [one_word_changed(r, rng, "train") if rng.random() < config.parse_splice else None for r in readings]
+    spliced = [i for i, d in enumerate(donors) if d is not None]
+    ids, mask = model.tokenize([s.text() for s in statements + readings + [donors[i] for i in spliced]])
+    n, m = len(statements), len(statements) + len(readings)
     with torch.no_grad():
         tokens, _ = model.text_tokens(ids, mask)
-        text_emb = model.embed_text_tokens(tokens, mask)
+        text_emb = model.embed_text_tokens(tokens[:n], mask[:n])
+        if spliced:
+            tokens = splice_contexts(tokens, ids, torch.tensor(spliced, device=device) + n, m)
     reasoner = model.reasoner
-    logits = reasoner.reader(tokens, mask)
-    targets = parse_targets(statements, reasoner.config)
+    logits = reasoner.reader(tokens[:m], mask[:m])
+    targets = parse_targets(statements + readings, reasoner.config)
     losses = {"parse": config.parse_loss_weight * parse_loss(logits, {k: v.to(device) for k, v in targets.items()})}
     positions, labels = relation_targets(scenes, reasoner.config.relations)
     if len(positions):
