@@ -29,6 +29,7 @@ from pathlib import Path
 
 AIMED = ("faiss-save", "sqlite-commit")
 RUN_SECONDS = 1800
+RANDOM_TRIES = 4
 
 
 def _install_fault(moment: str, rng: random.Random) -> None:
@@ -145,14 +146,19 @@ def run_trials(images: Path, out: Path, moments: list[str], queries: list[str], 
     for i, moment in enumerate(moments):
         folder = out / f"trial-{i:02d}"
         if moment == "random":
-            process = _index(images, folder)
             delay = rng.uniform(0.3, 0.9) * run_seconds
-            try:
-                process.wait(delay)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGKILL)
-            process.communicate()
-            killed = process.returncode == -signal.SIGKILL
+            for _ in range(RANDOM_TRIES):  # a run that ended before its moment is tried again, sooner
+                shutil.rmtree(folder, ignore_errors=True)
+                process = _index(images, folder)
+                try:
+                    process.wait(delay)
+                except subprocess.TimeoutExpired:
+                    process.send_signal(signal.SIGKILL)
+                process.communicate()
+                killed = process.returncode == -signal.SIGKILL
+                if killed:
+                    break
+                delay /= 2
         else:
             process = _index(images, folder, moment, seed=rng.randrange(1 << 30))
             process.communicate(timeout=RUN_SECONDS)
