@@ -155,10 +155,10 @@ def splice_contexts(tokens: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
     names, and only the changed word says which. A reader taught on such texts reads each word for itself, as
     it must for a colour and a shape it has never seen together (the core has never read them side by side).
     """
-    donor = tokens[donors_from : donors_from + len(rows)]
-    same = (ids[rows] == ids[donors_from : donors_from + len(rows)]).unsqueeze(-1)
+    donors = slice(donors_from, donors_from + len(rows))
+    same = (ids[rows] == ids[donors]).unsqueeze(-1)
     tokens = tokens.clone()
-    tokens[rows] = torch.where(same, donor, tokens[rows])
+    tokens[rows] = torch.where(same, tokens[donors], tokens[rows])
     return tokens
 
 
