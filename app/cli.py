@@ -38,7 +38,13 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import torch
+
     from app.server import Collection, ServeOptions, launch, parse_auth
+
+    # One thread per search, and as many searches at once as there are cores (ServeOptions.concurrency): the
+    # model's operations are small, so one search gains little from a second thread, and two searches gain twice.
+    torch.set_num_threads(1)
 
     credentials = args.auth or os.environ.get(AUTH_ENV)
     options = ServeOptions(

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image, ImageDraw
+from gradio.route_utils import get_api_call_path, get_root_url
 
 from app.inputs import audio_upload, image_upload, whole_number_slider
 from app.settings import (
@@ -26,7 +26,9 @@ from app.settings import (
     MAX_RESULTS,
     MAX_UPLOAD,
     QUEUE_SIZE,
+    SESSION_CAPACITY,
 )
+from app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
 from indexes.collection import ImageIndex
 from indexes.errors import IndexBusyError, IndexProblem
 from indexes.manifest import MANIFEST_FILE, Manifest
@@ -38,8 +40,6 @@ from mmodal.search import Query, Searcher, SearchResult
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL_SIDE = 320
-MATCH_COLOR = (255, 255, 0)  # boxes around the objects a query matched
 MAX_ALTERNATIVES = 5
 
 
@@ -49,7 +49,9 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     auth: tuple[tuple[str, str], ...] = ()
     max_upload: str = MAX_UPLOAD
-    concurrency: int = 1  # model calls at once; more only helps with more cores than torch threads use
+    # Searches at once; `mmodal serve` gives each one core, as the model's operations are too small to gain
+    # from more threads each.
+    concurrency: int = os.cpu_count() or 1
     allow_indexing: bool = True  # whether the Index tab may add folders on the server
 
 
@@ -92,6 +94,9 @@ class Collection:
                 self._searcher = Searcher(self.model, ImageIndex.open(self.index_dir))
             return self._searcher
 
+    def path_of(self, item_id: int) -> str | None:
+        return self.searcher().index.path_of(item_id)
+
     def roots(self) -> list[str]:
         return self.searcher().index.store.roots()
 
@@ -125,22 +130,6 @@ def _user_error(error: Exception) -> gr.Error:
     return gr.Error(str(error), print_exception=False)
 
 
-def _thumbnail(path: str, matched: list[dict] | tuple[dict, ...] = ()) -> Image.Image:
-    """The picture, small, with a box around each object the query's phrases matched (numbered by phrase)."""
-    try:
-        image = read_image(path, draft_size=THUMBNAIL_SIDE).image.convert("RGB")
-    except ImageSkipped as skipped:  # moved or changed since indexing: show a grey tile, keep the rank
-        log.warning("cannot show %s: %s", path, skipped.reason)
-        return Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (128, 128, 128))
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    draw = ImageDraw.Draw(image)
-    for number, slot in enumerate(matched, 1):
-        cx, cy, half = slot["cx"] * image.width, slot["cy"] * image.height, slot["d"] * image.width * 0.6
-        draw.rectangle((cx - half, cy - half, cx + half, cy + half), outline=MATCH_COLOR, width=2)
-        draw.text((cx - half + 3, cy - half + 1), str(number), fill=MATCH_COLOR)
-    return image
-
-
 def _text(value: object, what: str) -> str:
     """A text box's value as the API may send it: text or nothing."""
     if value is None:
@@ -170,7 +159,7 @@ def _result_caption(rank: int, result: SearchResult) -> str:
 def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
     """The Blocks app; launch it with `launch`. Without ``allow_indexing`` nobody can add folders from the web."""
 
-    def search(text, image, audio, negative, k, rerank):
+    def search(text, image, audio, negative, k, rerank, request: gr.Request):
         query = Query(
             text=_text(text, "the query").strip() or None,
             image=image or None,
@@ -182,7 +171,9 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         except (ValueError, OSError, IndexProblem) as error:
             raise _user_error(error) from None
         rows = [_api_row(r) for r in results]
-        gallery = [(_thumbnail(r.path, r.matched), _result_caption(i, r)) for i, r in enumerate(results, 1)]
+        # Links the browser follows as the results arrive; absolute, as Gradio passes only those through untouched.
+        root = get_root_url(request.request, get_api_call_path(request.request), app.root_path)
+        gallery = [(thumbnail_link(root, r.id, r.matched), _result_caption(i, r)) for i, r in enumerate(results, 1)]
         return gallery, rows, rows
 
     def show_result(rows: list[dict], selected: gr.SelectData):  # Gradio fills it in by its type
@@ -257,7 +248,9 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         value=True, label="Re-rank with the slot reasoner (text queries; boxes show what matched)"
                     )
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
-                gallery = gr.Gallery(label="Results", columns=6, height=420, elem_id="results", allow_preview=False)
+                gallery = thumbnail_gallery(
+                    label="Results", columns=6, height=420, elem_id="results", allow_preview=False
+                )
                 rows_state = gr.State([])
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -313,7 +306,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             [query_text, query_image, query_audio, negative_text, count, rerank],
             [gallery, rows_state, results_json],
             api_name="search",
-            concurrency_id="model",
+            concurrency_id="search",
         )
         # A selection only means something on the page that holds the results, so API clients do not get it.
         gallery.select(
@@ -336,7 +329,9 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                 [image, question_box, alternatives],
                 outputs,
                 api_name=name,
-                concurrency_id="model",
+                # One at a time: the answer map is read back from the fusion layer that the answer ran through.
+                concurrency_id="answer",
+                concurrency_limit=1,
             )
         add_button.click(add_folder, [folder], [summary, index_stats], api_name="add_folder", concurrency_id="index")
         refresh.click(stats, None, [index_stats], api_name="stats")
@@ -369,7 +364,9 @@ def launch(collection: Collection, options: ServeOptions, block: bool = True) ->
         quiet=True,
         footer_links=["api"],
         show_error=True,
+        state_session_capacity=SESSION_CAPACITY,
     )
+    add_thumbnail_route(app, collection.path_of)
     if block:
         print(f"mmodal is serving {collection.index_dir} at {url}\nopen that address in a browser; Ctrl-C stops")
         try:

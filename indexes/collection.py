@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,9 @@ INDEX_FILE = "vectors.faiss"
 LOCK_FILE = ".lock"
 MODEL_RECORD = "model"  # the metadata store's copy of the manifest's model, to rebuild a lost manifest
 _WRITING: set[Path] = set()  # POSIX record locks do not exclude a second writer in the same process
+# Rows an index opened for searching keeps in memory (about 2 KB each with slots), so that the candidates that
+# searches share are read from SQLite once.
+CACHED_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,39 @@ class Hit:
         return self.item.paths[0]
 
 
+class RowCache:
+    """Rows by id, fetched in one call for those not held yet; the least recently used go beyond ``capacity``.
+    Safe to share between threads that search at once."""
+
+    def __init__(self, fetch: Callable[[list[int]], dict], capacity: int):
+        self._fetch = fetch
+        self._capacity = capacity
+        self._rows: OrderedDict[int, object] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, ids: Iterable[int]) -> dict:
+        ids = list(dict.fromkeys(ids))
+        with self._guard:
+            found = {}
+            for i in ids:
+                if i in self._rows:
+                    self._rows.move_to_end(i)
+                    found[i] = self._rows[i]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            fetched = self._fetch(missing)
+            found.update(fetched)
+            with self._guard:
+                self._rows.update(fetched)
+                while len(self._rows) > self._capacity:
+                    self._rows.popitem(last=False)
+        return found
+
+    def clear(self) -> None:
+        with self._guard:
+            self._rows.clear()
+
+
 class ImageIndex:
     def __init__(self, folder: Path, manifest: Manifest, store: MetadataStore, index: faiss.Index, lock=None):
         self.folder = folder
@@ -53,6 +91,10 @@ class ImageIndex:
         self.index = index
         self._lock = lock
         self._search_index = None
+        # A writer changes rows as it goes, so only an index opened for searching keeps them.
+        capacity = 0 if lock is not None else CACHED_ROWS
+        self._items = RowCache(store.items, capacity)
+        self._slots = RowCache(store.slots, capacity)
 
     # ------------------------------------------------------------------------------------------ opening
 
@@ -187,16 +229,21 @@ class ImageIndex:
             vectors.tune_for_search(self.index)
             self._search_index = vectors.to_gpu(self.index)
         scores, ids = _search(self._search_index, queries, min(k, self.index.ntotal))
-        items = self.store.items({int(i) for i in ids.ravel() if i >= 0})
+        items = self._items.get(int(i) for i in ids.ravel() if i >= 0)
         return [
             [Hit(items[i], float(s)) for s, i in zip(row_scores, row_ids.tolist()) if i in items and items[i].paths]
             for row_scores, row_ids in zip(scores, ids)
         ]
 
+    def path_of(self, item_id: int) -> str | None:
+        """The first path of an indexed image, or None when no image has that id."""
+        item = self._items.get([item_id]).get(item_id)
+        return item.paths[0] if item is not None and item.paths else None
+
     def slots_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Object slots of the given items, float32 (n_slots, slot_dim) each, to re-rank hits without reading
         images; an item stored without slots has shape (0, slot_dim) and ids not in the index are left out."""
-        return self.store.slots(ids)
+        return self._slots.get(int(i) for i in ids)
 
     def near_duplicates(self, threshold: float, neighbours: int = 10) -> list[list[ItemInfo]]:
         """Groups of images whose embeddings are at least ``threshold`` cosine-similar (connected pairs)."""

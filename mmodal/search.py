@@ -42,6 +42,7 @@ class Query:
 
 @dataclass(frozen=True)
 class SearchResult:
+    id: int  # the image's id in its index, the same for every copy of the picture
     path: str
     score: float  # what the ranking used: the match probability when re-ranked, else the cosine similarity
     embedding_score: float
@@ -55,6 +56,7 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         return {
+            "id": self.id,
             "path": self.path,
             "score": round(self.score, 6),
             "embedding_score": round(self.embedding_score, 6),
@@ -140,6 +142,7 @@ def _matched(decision: Decision, position: torch.Tensor, row: int) -> tuple[dict
 
 def _result(hit: Hit, score: float, rerank_score: float | None, matched: tuple[dict, ...] = ()) -> SearchResult:
     return SearchResult(
+        id=hit.item.id,
         path=hit.path,
         score=score,
         embedding_score=hit.score,

@@ -157,10 +157,11 @@ def cli_cases(index_dir: Path, images: list[HostileFile], clips: list[HostileFil
 # ----------------------------------------------------------------------------------------------- HTTP
 
 
-def call(client: httpx.Client, url: str, api: str, data: object) -> tuple[str, str]:
-    """One call of the app's API through Gradio's REST route; returns (outcome, message or reply)."""
+def call(client: httpx.Client, url: str, api: str, data: object, session: str | None = None) -> tuple[str, str]:
+    """One call of the app's API through Gradio's REST route; returns (outcome, message or reply). A client that
+    keeps a ``session`` across calls, as a page or `gradio_client` does, holds one session's state on the server."""
     try:
-        posted = client.post(f"{url}/gradio_api/call/{api}", json={"data": data})
+        posted = client.post(f"{url}/gradio_api/call/{api}", json={"data": data, "session_hash": session})
     except httpx.TimeoutException:
         return "hang", f"POST {api} timed out"
     if posted.status_code >= 500:

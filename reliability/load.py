@@ -4,9 +4,9 @@
 
 Generates a Shapes collection, indexes it and serves it with `mmodal serve` on loopback, then runs the
 clients as threads, each a closed loop (send a request, wait for its answer, think, send the next) that stops
-by itself at the deadline. Reports latency percentiles and errors per endpoint, the server's memory and its
-file cache on disk at the start and at the end, and what a client is told when the queue is full. Prints
-JSON.
+by itself at the deadline; each keeps one session, as a page or `gradio_client` does. Reports latency
+percentiles and errors per endpoint, the server's memory and its file cache on disk at the start and at the
+end, and what a client is told when the queue is full. Prints JSON.
 """
 
 from __future__ import annotations
@@ -68,22 +68,24 @@ def _serve(index_dir: Path, port: int, cache: Path, log: Path) -> subprocess.Pop
 
 def _client(url: str, deadline: float, seed: int, mix, texts, images, clips, questions, think: float, record) -> None:
     rng = random.Random(seed)
+    session = f"load-client-{seed}"
     with httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as client:
         while time.monotonic() < deadline:
             kind = rng.choices([k for k, _ in mix], [w for _, w in mix])[0]
             started = time.perf_counter()
             try:
                 if kind == "text":
-                    outcome, detail = call(client, url, "search", [rng.choice(texts), None, None, "", 12, True])
+                    query = [rng.choice(texts), None, None, "", 12, True]
+                    outcome, detail = call(client, url, "search", query, session)
                 elif kind == "image":
                     picture = upload(client, url, rng.choice(images))
-                    outcome, detail = call(client, url, "search", [None, picture, None, "", 12, True])
+                    outcome, detail = call(client, url, "search", [None, picture, None, "", 12, True], session)
                 elif kind == "voice":
                     clip = upload(client, url, rng.choice(clips))
-                    outcome, detail = call(client, url, "search", [None, None, clip, "", 12, True])
+                    outcome, detail = call(client, url, "search", [None, None, clip, "", 12, True], session)
                 else:
                     picture, question = rng.choice(questions)
-                    outcome, detail = call(client, url, "ask", [upload(client, url, picture), question, 3])
+                    outcome, detail = call(client, url, "ask", [upload(client, url, picture), question, 3], session)
             except httpx.HTTPError as error:
                 outcome, detail = "transport", repr(error)
             record(kind, outcome, time.perf_counter() - started, detail)

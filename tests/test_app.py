@@ -6,12 +6,15 @@ known from the scene graphs.
 
 from __future__ import annotations
 
+import io
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
@@ -21,6 +24,7 @@ from app.server import Collection, ServeOptions, launch, parse_auth
 from mmodal.pipeline import index_collection
 from mmodal.search import Query, read_query_audio
 from mmodal.shapes.generate import generate_shapes
+from reliability.fuzz import call
 from tests.conftest import free_port
 
 
@@ -185,6 +189,49 @@ def test_only_indexed_folders_are_served(served, dataset):
         assert reply.read() == inside.read_bytes()
 
 
+def _gallery_links(url: str, text: str, k: int, rerank: bool) -> tuple[list[str], list[dict]]:
+    """The thumbnail links of a search's gallery as the page receives them, and the result rows."""
+    with httpx.Client(timeout=60) as http:
+        outcome, reply = call(http, url.rstrip("/"), "search", [text, None, None, "", k, rerank])
+    assert outcome == "answered", reply
+    gallery, *_, rows = json.loads(reply)  # the page's own state sits between them
+    return [item["image"]["url"] for item in gallery], rows
+
+
+def test_thumbnails_are_drawn_on_request_with_the_matched_boxes(served, dataset):
+    _, url, _ = served
+    query = next(q for q in dataset.queries if q.kind == "relation" and len(q.relevant) >= 2)
+    links, rows = _gallery_links(url, query.text, k=2, rerank=True)
+    assert len(links) == 2 and links[0].startswith(f"{url}mmodal/thumbnail/{rows[0]['id']}/")
+    with httpx.Client(timeout=30) as http:
+        boxed = http.get(links[0])
+        assert boxed.status_code == 200 and boxed.headers["content-type"] == "image/webp"
+        plain = http.get(f"{url}mmodal/thumbnail/{rows[0]['id']}/plain.webp")
+    with Image.open(io.BytesIO(boxed.content)) as with_boxes, Image.open(io.BytesIO(plain.content)) as without:
+        assert max(with_boxes.size) <= 320 and with_boxes.size == without.size
+        changed = np.abs(np.asarray(with_boxes, np.int16) - np.asarray(without, np.int16)).sum(-1) > 60
+        width = with_boxes.width
+    # Two boxes, one per phrase, drawn as outlines: a few hundred pixels, not the picture.
+    assert 100 < changed.sum() < 0.25 * changed.size
+    ys, xs = np.nonzero(changed)
+    for box in rows[0]["matched"]:  # each box is drawn around its object: changed pixels on its outline
+        cx, cy, half = box["cx"] * width, box["cy"] * width, box["d"] * width * 0.6
+        on_outline = (np.abs(np.abs(xs - cx) - half) <= 2) & (np.abs(ys - cy) <= half + 2)
+        assert on_outline.sum() > half, box
+
+
+def test_thumbnails_show_only_indexed_images_and_refuse_bad_boxes(served, dataset):
+    _, url, _ = served
+    _, rows = _gallery_links(url, "a red circle", k=1, rerank=False)
+    with httpx.Client(timeout=30) as http:
+        for unknown in ("999999", "-1", "..%2F..%2Fetc%2Fpasswd", "0x10"):
+            refused = http.get(f"{url}mmodal/thumbnail/{unknown}/plain.webp")
+            assert refused.status_code in (404, 422), unknown
+        for boxes in ("1,2", "a,b,c", "nan,0.5,0.1", "0.5,0.5,9", "_".join(["0.1,0.1,0.1"] * 9)):
+            bad = http.get(f"{url}mmodal/thumbnail/{rows[0]['id']}/{boxes}.webp")
+            assert bad.status_code == 400 and "box" in bad.text, boxes
+
+
 def test_add_folder_then_find_the_new_images(served, tmp_path):
     collection, _, client = served
     before = client.predict(api_name="/stats")["images"]
@@ -212,6 +259,9 @@ def test_login_upload_limit_and_read_only_mode(tmp_path, model):
             Client(url, verbose=False)
         client = Client(url, auth=("ana", "secret"), verbose=False)
         assert client.predict(api_name="/stats")["images"] == 1
+        gallery, _ = search(client, "a red circle", k=1)  # its thumbnail is fetched with the login
+        with Image.open(gallery[0]["image"]) as thumbnail:
+            assert thumbnail.size == (80, 60)
         with pytest.raises(AppError, match="turned off"):
             client.predict(str(folder), api_name="/add_folder")
         big = tmp_path / "big.png"
@@ -235,6 +285,7 @@ def test_with_a_login_no_route_answers_anonymous_calls(tmp_path, model):
         ("GET", "gradio_api/info", None),
         ("GET", f"gradio_api/file={picture}", None),
         ("GET", f"gradio_api/file={quote(str(picture))}", None),
+        ("GET", "mmodal/thumbnail/1/plain.webp", None),
         ("POST", "gradio_api/call/search", body),
         ("POST", "gradio_api/run/search", body),
         ("POST", "gradio_api/queue/join", {**body, "fn_index": 0, "session_hash": "x"}),

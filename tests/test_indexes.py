@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexes import vectors
-from indexes.collection import INDEX_FILE, ImageIndex
+from indexes.collection import INDEX_FILE, ImageIndex, RowCache
 from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ModelMismatchError
 from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity
 from indexes.metadata import METADATA_FILE, SCHEMA, MetadataStore, NewItem
@@ -50,6 +50,37 @@ def test_exact_search_finds_each_vector_and_survives_reopening(tmp_path):
         assert hits[0][0].score == pytest.approx(1.0, abs=1e-5)
         assert hits[0][0].score >= hits[0][1].score >= hits[0][2].score
         assert index.stats()["images"] == 300 and index.stats()["index_type"] == "Flat"
+
+
+def test_a_searching_index_reads_each_row_once_and_holds_a_bounded_number():
+    asked: list[list[int]] = []
+
+    def fetch(ids):
+        asked.append(ids)
+        return {i: f"row {i}" for i in ids if i != 99}  # 99 is not stored
+
+    cache = RowCache(fetch, capacity=3)
+    assert cache.get([1, 2, 2]) == {1: "row 1", 2: "row 2"}
+    assert cache.get([2, 3, 99]) == {2: "row 2", 3: "row 3"}
+    assert asked == [[1, 2], [3, 99]]  # only what it did not hold, and each id once
+    cache.get([4])  # beyond capacity: the least recently used (1) goes
+    assert cache.get([1, 4]) == {1: "row 1", 4: "row 4"} and asked[-1] == [1]
+
+
+def test_images_are_found_by_id_and_search_reads_the_store_once(tmp_path):
+    rng = np.random.default_rng(12)
+    items = _items(rng, 20)
+    with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
+        ids = index.store.write_batch(items)
+        index.sync()
+    with ImageIndex.open(tmp_path, MODEL) as index:
+        assert index.path_of(ids[3]) == "/photos/3.png" and index.path_of(10_000) is None
+        first = index.search(items[4].vector, k=5)[0]
+        index.store.db.execute("UPDATE files SET path = '/moved/4.png' WHERE path = '/photos/4.png'")
+        again = index.search(items[4].vector, k=5)[0]  # rows already read come from memory
+        assert [h.path for h in again] == [h.path for h in first] and first[0].path == "/photos/4.png"
+    with ImageIndex.open(tmp_path, MODEL) as index:  # a new opening reads the store as it is now
+        assert index.search(items[4].vector, k=1)[0][0].path == "/moved/4.png"
 
 
 def test_copies_share_an_item_and_removal_follows_the_last_copy(tmp_path):
