@@ -157,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
                 errors[kind].append(f"{outcome}: {detail[:200]}")
 
     try:
-        with httpx.Client() as warm:  # one of each before measuring: the first calls load lazily
+        with httpx.Client(timeout=120) as warm:  # one of each kind before measuring: the first calls load lazily
             call(warm, url, "search", [texts[0], None, None, "", 12, True])
+            call(warm, url, "search", [None, upload(warm, url, images[0]), None, "", 12, True])
+            if clips:
+                call(warm, url, "search", [None, None, upload(warm, url, clips[0]), "", 12, True])
+            call(warm, url, "ask", [upload(warm, url, questions[0][0]), questions[0][1], 3])
         memory_start, disk_start = server_memory_mib(server.pid), folder_mib(cache)
+        memory_every_10s: list[float] = []
         deadline = time.monotonic() + args.seconds
         threads = [
             threading.Thread(
@@ -171,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for t in threads:
             t.start()
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(10.0, left))
+            memory_every_10s.append(round(server_memory_mib(server.pid)))
         for t in threads:
-            t.join(args.seconds + 300)
+            t.join(300)
         hung = sum(t.is_alive() for t in threads)
         memory_end, disk_end = server_memory_mib(server.pid), folder_mib(cache)
         refused, message = queue_full_message(url, args.burst)
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "endpoints": per_endpoint,
         "first_errors": {k: v[:3] for k, v in errors.items() if v},
         "clients_still_running_at_deadline_plus_300s": hung,
-        "server_memory_mib": {"start": round(memory_start), "end": round(memory_end)},
+        "server_memory_mib": {"start": round(memory_start), "every_10s": memory_every_10s, "end": round(memory_end)},
         "file_cache": {"start": {"files": disk_start[0], "mib": round(disk_start[1], 1)},
                        "end": {"files": disk_end[0], "mib": round(disk_end[1], 1)}},
         "queue_full": {"burst": args.burst, "refused": refused, "message": message},
