@@ -33,7 +33,7 @@ from indexes.collection import ImageIndex
 from indexes.errors import IndexBusyError, IndexProblem
 from indexes.manifest import MANIFEST_FILE, Manifest
 from mmodal.data.images import ImageSkipped, read_image
-from mmodal.explain import answer_heatmap
+from mmodal.explain import answer_picture
 from mmodal.model import DEFAULT_MODEL, MModalModel
 from mmodal.pipeline import IndexSummary, index_collection, model_identity
 from mmodal.search import Query, Searcher, SearchResult
@@ -201,7 +201,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         except ValueError as error:
             raise _user_error(error) from None
         choices = {answer.answer: answer.confidence} | {a: c for a, c in answer.alternatives}
-        return answer.answer, round(answer.confidence, 4), choices, answer_heatmap(picture, answer.attention)
+        return answer.answer, round(answer.confidence, 4), choices, answer_picture(picture, answer)
 
     def add_folder(folder, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects progress)
         if not allow_indexing:

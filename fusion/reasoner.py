@@ -52,10 +52,18 @@ class Parse:
     count: torch.Tensor  # (P, max_count + 1)
 
 
-class QueryReader(nn.Module):
-    """Language-core tokens → per-part logits: kind, phrase attributes per role, relation, count."""
+def reading_heads(config: ReasonerConfig) -> dict[str, int]:
+    """A query's heads and their classes: part kind, relation, count and each role's phrase attributes."""
+    heads = {"kind": len(PART_KINDS), "relation": len(config.relations), "count": config.max_count + 1}
+    for role in ROLES:
+        heads.update({f"{role}.{k}": len(v) + 1 for k, v in config.attributes.items()})
+    return heads
 
-    def __init__(self, config: ReasonerConfig, text_dim: int):
+
+class QueryReader(nn.Module):
+    """Language-core tokens → per-part logits: by default kind, phrase attributes per role, relation, count."""
+
+    def __init__(self, config: ReasonerConfig, text_dim: int, heads: dict[str, int] | None = None):
         super().__init__()
         w = config.width
         self.config = config
@@ -69,9 +77,7 @@ class QueryReader(nn.Module):
         decoder = nn.TransformerDecoderLayer(w, config.num_heads, 4 * w, dropout=0.0, batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(decoder, config.num_layers)
         self.norm = nn.LayerNorm(w)
-        heads = {"kind": len(PART_KINDS), "relation": len(config.relations), "count": config.max_count + 1}
-        for role in ROLES:
-            heads.update({f"{role}.{k}": len(v) + 1 for k, v in config.attributes.items()})
+        heads = reading_heads(config) if heads is None else heads
         self.heads = nn.ModuleDict({k.replace(".", "_"): nn.Linear(w, n) for k, n in heads.items()})
         self.head_names = {k.replace(".", "_"): k for k in heads}
 

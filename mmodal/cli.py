@@ -142,7 +142,7 @@ def _ask(args: argparse.Namespace) -> int:
     import json
 
     from mmodal.data.images import ImageSkipped, read_image
-    from mmodal.explain import save_heatmap
+    from mmodal.explain import save_answer_picture
     from mmodal.model import DEFAULT_MODEL, MModalModel
 
     try:
@@ -152,7 +152,7 @@ def _ask(args: argparse.Namespace) -> int:
     model = MModalModel.from_pretrained(args.model or DEFAULT_MODEL)
     answer = model.ask([image], [args.question], alternatives=args.alternatives)[0]
     if args.explain:
-        save_heatmap(image, answer.attention, args.explain)
+        save_answer_picture(image, answer, args.explain)
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
     else:
@@ -256,13 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(
             f"--{stage}-steps", dest=f"{stage}_steps", type=_count, help=f"slots recipe: {what} stage steps"
         )
+    train.add_argument(
+        "--answer-steps", dest="answer_steps", type=_count, help="answers recipe: ground-truth slots stage steps"
+    )
+    train.add_argument(
+        "--answer-joint-steps", dest="answer_joint_steps", type=_count, help="answers recipe: own slots stage steps"
+    )
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
     train.add_argument("--lr", type=float)
     train.add_argument(
         "--recipe",
-        choices=("slots", "full", "clip", "vqa"),
+        choices=("slots", "answers", "full", "clip", "vqa"),
         help="slots (default): object slots and the slot reasoner over the towers of --init-from (default: the "
-        "shipped model); full: the towers; clip: the plain-InfoNCE baseline; vqa: answers only, on --data or VQAv2",
+        "shipped model); answers: answers from the slots of --init-from; full: the towers; clip: the plain-InfoNCE "
+        "baseline; vqa: answers only, on --data or VQAv2",
     )
     train.add_argument("--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe vqa)")
     train.add_argument("--vqa-annotations", dest="vqa_annotations", help="VQAv2 annotations JSON")

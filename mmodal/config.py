@@ -10,6 +10,7 @@ from typing import Any
 from encoders.audio import AudioEncoderConfig
 from encoders.image import ImageEncoderConfig
 from encoders.slots import SlotConfig
+from fusion.answers import AnswerConfig
 from fusion.early import FusionConfig
 from fusion.reasoner import ReasonerConfig
 
@@ -44,10 +45,13 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     slots: SlotConfig | None = None  # object slots (detector, crop classifier) for late and early fusion
     reasoner: ReasonerConfig | None = None  # the slot reasoner that re-ranks; set together with ``slots``
+    answers: AnswerConfig | None = None  # answers from the slots (else from the first design's patch fusion)
 
     def __post_init__(self) -> None:
         if (self.slots is None) != (self.reasoner is None):
             raise ValueError("a model config sets slots and reasoner together, or neither")
+        if self.answers is not None and self.slots is None:
+            raise ValueError("answers from slots need a model with slots")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +66,7 @@ class ModelConfig:
             "fusion": FusionConfig,
             "slots": SlotConfig,
             "reasoner": ReasonerConfig,
+            "answers": AnswerConfig,
         }
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
@@ -70,7 +75,7 @@ class ModelConfig:
             )
         kwargs: dict[str, Any] = {"name": data.get("name", "shapes")}
         for key, part in parts.items():
-            if key in ("slots", "reasoner") and data.get(key) is None:
+            if key in ("slots", "reasoner", "answers") and data.get(key) is None:
                 continue
             values = dict(data.get(key, {}))
             allowed = {f.name for f in fields(part)}
@@ -154,3 +159,11 @@ def dense_config() -> ModelConfig:
         moe, n_shared_experts=moe.n_shared_experts + moe.experts_per_token, n_routed_experts=0, experts_per_token=0
     )
     return ModelConfig(name="shapes-dense", text=text)
+
+
+def with_answers(config: ModelConfig, question_types: tuple[str, ...], focus: dict[str, str]) -> ModelConfig:
+    """``config`` (which has slots) answering questions of these types from its slots."""
+    answers = AnswerConfig(question_types=tuple(question_types), focus=dict(focus))
+    if config.name == "tiny":
+        answers = replace(answers, width=32, num_layers=1, num_heads=2, hidden=64, prefix_tokens=2)
+    return replace(config, answers=answers)

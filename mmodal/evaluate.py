@@ -245,7 +245,17 @@ def evaluate_vqa(
             if rows:
                 result.setdefault(split, {})[qtype] = {"accuracy": round(float(np.mean(rows)), 4), "n": len(rows)}
     result["ece"] = round(expected_calibration_error(confidence, correct), 4)
+    result["kept_by_confidence"] = accuracy_by_coverage(confidence, correct)
     return result
+
+
+def accuracy_by_coverage(confidences: np.ndarray, correct: np.ndarray, shares=(1.0, 0.95, 0.9, 0.8, 0.5)) -> dict:
+    """Accuracy of the answers kept when only the most confident share of them is kept: {"90%": …}."""
+    order = np.argsort(-confidences, kind="stable")
+    return {
+        f"{share:.0%}": round(float(correct[order[: max(1, int(round(share * len(order))))]].mean()), 4)
+        for share in shares
+    }
 
 
 def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> dict:
@@ -328,6 +338,13 @@ def format_report(report: dict[str, dict]) -> str:
                     )
                 )
         rows.append(("vqa expected calibration error", [f"{r['vqa']['ece']:.3f}" for r in report.values()]))
+        for share in first["vqa"].get("kept_by_confidence", {}):
+            rows.append(
+                (
+                    f"vqa accuracy, most confident {share}",
+                    [f"{r['vqa'].get('kept_by_confidence', {}).get(share, float('nan')):.3f}" for r in report.values()],
+                )
+            )
     moe = [r.get("moe") for r in report.values()]
     rows.append(("MoE min expert share / uniform", [f"{m['min_share_of_uniform']:.2f}" if m else "dense" for m in moe]))
     rows.append(("MoE router entropy / max", [f"{m['router_entropy_of_max']:.2f}" if m else "dense" for m in moe]))

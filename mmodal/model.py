@@ -9,7 +9,7 @@ import copy
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from encoders.language import MoEConfig, MoELanguageModel
 from encoders.pixels import letterbox_frame, letterboxed_array
 from encoders.slots import SlotEncoder
 from fusion.adapters import Adapter, SlotPooler
+from fusion.answers import AnswerReasoner
 from fusion.early import EarlyFusion
 from fusion.reasoner import Decision, Parse, SlotReasoner
 from fusion.vqa import AnswerPrefix
@@ -47,14 +48,20 @@ class Answer:
     answer: str
     confidence: float
     alternatives: list[tuple[str, float]]
-    attention: np.ndarray  # (grid, grid) where the question looked in the letterboxed image
+    # Where the answer came from: a (grid, grid) map over the letterboxed image for a model without answers
+    # from slots; for one with them, the objects it looked at (cx, cy, d as fractions of the picture, weight).
+    attention: np.ndarray | None = None
+    looked_at: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "answer": self.answer,
             "confidence": round(self.confidence, 6),
             "alternatives": [{"answer": a, "confidence": round(c, 6)} for a, c in self.alternatives],
         }
+        if self.looked_at:
+            out["looked_at"] = self.looked_at
+        return out
 
 
 class MModalModel(nn.Module):
@@ -97,11 +104,17 @@ class MModalModel(nn.Module):
             self.slot_encoder = SlotEncoder(config.slots)
             self.slot_pooler = SlotPooler(self.slot_encoder.layout.width, d)
             self.reasoner = SlotReasoner(config.reasoner, t.hidden_size)
+        if config.answers is not None:
+            self.answerer = AnswerReasoner(config.answers, config.reasoner, t.hidden_size, t.hidden_size)
 
     @property
     def has_slots(self) -> bool:
         """Whether images become object slots (late embedding pooled from them, re-ranking by the reasoner)."""
         return self.config.slots is not None
+
+    @property
+    def answers_from_slots(self) -> bool:
+        return self.config.answers is not None
 
     @property
     def input_size(self) -> int:
@@ -314,22 +327,75 @@ class MModalModel(nn.Module):
     def ask(
         self, images: Sequence[Image.Image] | torch.Tensor, questions: Sequence[str], alternatives: int = 3
     ) -> list[Answer]:
-        """Answers each question about its image: beam search over the language core after the fused prefix.
+        """Answers each question about its image: beam search over the language core after the prefix.
 
-        ``confidence`` is the model's probability of the whole answer; ``alternatives`` are the next beams.
-        The answer map is the last modal-attention layer's question-to-patch attention, (grid, grid).
+        ``confidence`` is the model's probability of the whole answer; ``alternatives`` are the next beams. With
+        answers from slots, the prefix is the slot evidence and ``looked_at`` names the objects that counted;
+        otherwise it is the fused patches, and ``attention`` is the question-to-patch attention, (grid, grid).
         """
-        pixels = images.to(self.device) if torch.is_tensor(images) else self.preprocess_images(images)
-        if len(pixels) != len(questions):
-            raise TowerInputError(f"ask() pairs images with questions: got {len(pixels)} and {len(questions)}")
+        if len(images) != len(questions):
+            raise TowerInputError(f"ask() pairs images with questions: got {len(images)} and {len(questions)}")
         ids, mask = self.tokenize(questions)
+        if self.answers_from_slots:
+            _, slots = self.encode_image_slots(images)
+            prefix, _, evidence = self.answer_prefix_from_slots(slots, ids, mask)
+            prefix_mask = torch.ones(prefix.shape[:2], dtype=mask.dtype, device=self.device)
+            position = slots[..., self.slot_encoder.layout.position]
+            present = slots[..., 0] > 0
+            looked = [
+                [
+                    {
+                        "cx": round(float(x), 4),
+                        "cy": round(float(y), 4),
+                        "d": round(float(d), 4),
+                        "weight": round(float(w), 4),
+                    }
+                    for (x, y, d), w, real in zip(
+                        position[b].tolist(), evidence.looked_at[b].tolist(), present[b].tolist()
+                    )
+                    if real
+                ]
+                for b in range(len(questions))
+            ]
+            return [
+                Answer(best, confidence, ranked, looked_at=looked[b])
+                for b, (best, confidence, ranked) in enumerate(self._decode(prefix, prefix_mask, alternatives))
+            ]
+        pixels = images.to(self.device) if torch.is_tensor(images) else self.preprocess_images(images)
         prefix, prefix_mask, _ = self.answer_prefix_for(self.image_tokens(pixels), ids, mask, keep_weights=True)
         attention = self.early_fusion.attention_map()  # (B, T, N)
         weights = mask.unsqueeze(-1).to(attention.dtype)
         grid = self.config.image.grid
         maps = ((attention * weights).sum(1) / weights.sum(1).clamp_min(1)).view(-1, grid, grid)
+        return [
+            Answer(best, confidence, ranked, attention=maps[b].float().cpu().numpy())
+            for b, (best, confidence, ranked) in enumerate(self._decode(prefix, prefix_mask, alternatives))
+        ]
+
+    def answer_prefix_from_slots(self, slots: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor):
+        """Object slots (B, N, F) and questions → the core's prefix (B, P, H), the reader's logits, the evidence."""
+        tokens, _ = self.text_tokens(question_ids, question_mask)
+        return self.answerer(tokens, question_mask, slots, self.reasoner)
+
+    def answer_loss_from_slots(self, prefix: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor):
+        """Prefix language modelling of the answers after a slot prefix: (cross-entropy, MoE aux loss)."""
+        prefix_mask = torch.ones(prefix.shape[:2], dtype=answer_mask.dtype, device=prefix.device)
+        out = self.language(
+            input_ids=answer_ids,
+            attention_mask=answer_mask,
+            prefix_embeds=prefix,
+            prefix_mask=prefix_mask,
+            labels=answer_ids.masked_fill(answer_mask == 0, -100),
+            causal=True,
+        )
+        return out.loss, out.aux_loss
+
+    def _decode(
+        self, prefix: torch.Tensor, prefix_mask: torch.Tensor, alternatives: int
+    ) -> list[tuple[str, float, list[tuple[str, float]]]]:
+        """Beam search after each prefix → (answer, its probability, the other beams' answers) per row."""
         beams = max(1, alternatives + 1)
-        start = torch.full((len(pixels), 1), self.tokenizer.bos_token_id, device=self.device)
+        start = torch.full((len(prefix), 1), self.tokenizer.bos_token_id, device=self.device)
         out = self.language.generate(
             input_ids=start,
             prefix_embeds=prefix,
@@ -348,20 +414,18 @@ class MModalModel(nn.Module):
         )
         texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         scores = out.sequences_scores.exp().tolist() if beams > 1 else None
-        answers = []
-        for b in range(len(pixels)):
-            rows = range(b * beams, (b + 1) * beams)
+        decoded = []
+        for b in range(len(prefix)):
             if scores is None:
                 probability = self._sequence_probability(prefix[b : b + 1], prefix_mask[b : b + 1], out.sequences[b])
                 ranked = [(texts[b].strip(), probability)]
             else:
                 ranked = []
-                for r in rows:
+                for r in range(b * beams, (b + 1) * beams):
                     if texts[r].strip() not in [t for t, _ in ranked]:
                         ranked.append((texts[r].strip(), scores[r]))
-            best, confidence = ranked[0]
-            answers.append(Answer(best, confidence, ranked[1:], maps[b].float().cpu().numpy()))
-        return answers
+            decoded.append((ranked[0][0], ranked[0][1], ranked[1:]))
+        return decoded
 
     def _sequence_probability(self, prefix, prefix_mask, sequence) -> float:
         ids = sequence.unsqueeze(0)

@@ -137,3 +137,99 @@ def test_question_only_and_dense_baselines_train_and_evaluate(shapes_train_dir, 
     assert main(["eval", "--model", str(out / "model"), "--data", str(shapes_test_dir), "--blind", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert 0 <= report["vqa"]["all"]["accuracy"] <= 1 and "moe" not in report
+
+
+# ------------------------------------------------------------------------------- answers from object slots
+
+
+def _reading(reasoner_config, question_type: str, a: dict, b: dict | None = None, relation: str | None = None):
+    """Reader logits (one row) that read exactly this: the type, phrases a and b, the relation."""
+    from mmodal.shapes.semantics import QUESTION_TYPES
+
+    big = 30.0
+    logits = {"question_type": torch.zeros(1, len(QUESTION_TYPES))}
+    logits["question_type"][0, QUESTION_TYPES.index(question_type)] = big
+    relations = reasoner_config.relations
+    logits["relation"] = torch.zeros(1, len(relations))
+    logits["relation"][0, relations.index(relation or relations[0])] = big
+    for role, phrase in (("a", a), ("b", b or {})):
+        for name, values in reasoner_config.attributes.items():
+            row = torch.zeros(1, len(values) + 1)
+            row[0, 0 if name not in phrase else 1 + values.index(phrase[name])] = big
+            logits[f"{role}.{name}"] = row
+    return logits
+
+
+def test_slot_evidence_counts_checks_relations_and_reads_the_referent(model):
+    """The answer reasoner's soft logic over ground-truth slots of a known scene says what the scene says."""
+    from fusion.answers import AnswerConfig, AnswerReasoner
+    from mmodal.shapes.semantics import QUESTION_TYPES, Scene
+    from mmodal.training.slots import ground_truth_slots
+
+    scene = Scene.from_dict(
+        {
+            "width": 128,
+            "height": 128,
+            "objects": [
+                {"shape": "circle", "color": "red", "size": "small", "cx": 0.2, "cy": 0.5, "d": 0.15, "rotation": 0},
+                {"shape": "square", "color": "blue", "size": "large", "cx": 0.75, "cy": 0.5, "d": 0.3, "rotation": 0},
+                {"shape": "circle", "color": "white", "size": "small", "cx": 0.8, "cy": 0.1, "d": 0.15, "rotation": 0},
+            ],
+        }
+    )
+    reasoner = model.reasoner
+    layout, n = reasoner.layout, model.config.slots.max_slots
+    slots = ground_truth_slots(scene, layout, n, np.random.default_rng(0)).unsqueeze(0)
+    answers = AnswerReasoner(AnswerConfig(question_types=QUESTION_TYPES), reasoner.config, 8, 8)
+    colors = reasoner.config.attributes["color"]
+
+    def evidence(*args, **kwargs):
+        with torch.no_grad():
+            return answers.evidence(_reading(reasoner.config, *args, **kwargs), slots, reasoner)
+
+    assert evidence("count", {"shape": "circle"}).count.argmax().item() == 2
+    assert evidence("count", {}).count.argmax().item() == 3  # "how many objects"
+    assert evidence("exist", {"color": "red", "shape": "circle"}).exists.item() > 0.9
+    assert evidence("exist", {"color": "green", "shape": "star"}).exists.item() < 0.1
+    left = evidence("relation", {"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}, "left of")
+    right = evidence("relation", {"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}, "right of")
+    assert left.holds.item() > 0.8 and right.holds.item() < 0.2
+    span = slice(0, len(colors))  # the colour values come first in the attribute readout
+    assert colors[int(evidence("color", {"shape": "square"}).subject[0, span].argmax())] == "blue"
+    # "what is left of the blue square?": the red circle, not the white one above the square
+    query = evidence("query", {}, {"color": "blue", "shape": "square"}, "left of")
+    looked = query.looked_at[0, : len(scene.objects)]
+    assert colors[int(query.related[0, span].argmax())] == "red" and looked.max() > 0.9
+
+
+def test_answers_recipe_trains_answers_over_a_slots_model_and_keeps_the_rest(shapes_train_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.loop import train
+
+    common = dict(data=str(shapes_train_dir), model="tiny", speech=False, warmup_steps=1, checkpoint_every=4)
+    slots = train(
+        TrainConfig(out=str(tmp_path / "slots"), perception_steps=2, reasoner_steps=2, joint_steps=1, **common)
+    )
+    answers = train(
+        TrainConfig(
+            out=str(tmp_path / "answers"),
+            recipe="answers",
+            init_from=str(slots),
+            answer_steps=3,
+            answer_joint_steps=2,
+            batch_size=8,
+            **common,
+        )
+    )
+    before, after = load_file(str(slots / "model.safetensors")), load_file(str(answers / "model.safetensors"))
+    assert any(k.startswith("answerer.") for k in after)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # search is untouched
+    model = MModalModel.from_pretrained(answers)
+    picture = next((shapes_train_dir / "images").iterdir())
+    with Image.open(picture) as image:
+        answer = model.ask([image.convert("RGB")], ["what color is the circle?"], alternatives=2)[0]
+    assert answer.attention is None and answer.looked_at
+    assert all(0 <= o["weight"] <= 1 and 0 <= o["cx"] <= 1 for o in answer.looked_at)
+    assert set(answer.to_dict()) == {"answer", "confidence", "alternatives", "looked_at"}

@@ -207,7 +207,7 @@ def _random_phrase(rng, split: str, attributes: tuple[str, ...]) -> ObjectPhrase
             return phrase
 
 
-def _question(qtype: str, scene: Scene, rng, split: str) -> Question | None:
+def question_of_type(qtype: str, scene: Scene, rng, split: str) -> Question | None:
     objs = scene.objects
     obj = objs[int(rng.integers(len(objs)))]
     if qtype in ("color", "shape", "size"):
@@ -248,7 +248,7 @@ def questions(scene: Scene, rng: np.random.Generator, split: str) -> list[tuple[
     out = []
     for qtype in QUESTION_TYPES:
         for _ in range(4):
-            q = _question(qtype, scene, rng, split)
+            q = question_of_type(qtype, scene, rng, split)
             answer = q.answer(scene) if q else None
             if answer is not None and (split != "train" or not q.held_out):
                 out.append((q, answer))

@@ -6,10 +6,14 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-RECIPES = ("slots", "full", "clip", "vqa")
+RECIPES = ("slots", "answers", "full", "clip", "vqa")
 # Settings whose default depends on the recipe (None in the dataclass): the slots recipe trains small modules
 # on small pictures, so it takes smaller batches at a higher rate.
-RECIPE_DEFAULTS = {"slots": {"batch_size": 64, "lr": 1.5e-3}, None: {"batch_size": 128, "lr": 5e-4}}
+RECIPE_DEFAULTS = {
+    "slots": {"batch_size": 64, "lr": 1.5e-3},
+    "answers": {"batch_size": 64, "lr": 1e-3},
+    None: {"batch_size": 128, "lr": 5e-4},
+}
 
 
 @dataclass
@@ -22,7 +26,9 @@ class TrainConfig:
     speech: bool = True  # train the audio tower on spoken queries
     seed: int = 0
     # "slots": object slots, the slot reasoner and the slot-pooled embedding over the frozen towers of
-    # init_from (the shipped model by default); "full": the towers themselves, with multi-positive texts,
+    # init_from (the shipped model by default); "answers": answers from the slots of init_from (a model with
+    # slots, the shipped one by default), everything else frozen; "full": the towers themselves, with
+    # multi-positive texts,
     # mined and foil negatives, speech and answers; "clip": plain InfoNCE; "vqa": answers only, on the
     # questions of --data or of VQAv2 files (vqa_questions/annotations/images)
     recipe: str = "slots"
@@ -37,6 +43,8 @@ class TrainConfig:
     perception_steps: int = 3600  # recipe "slots": detector and crop classifier
     reasoner_steps: int = 1000  # recipe "slots": reasoner and pooler on noisy ground-truth slots
     joint_steps: int = 600  # recipe "slots": reasoner and pooler on the detector's own slots
+    answer_steps: int = 1500  # recipe "answers": the answer reasoner on noisy ground-truth slots
+    answer_joint_steps: int = 300  # recipe "answers": the same on the detector's own slots
     slot_noise: float = 1.0  # how far ground-truth slots are blurred towards a detector's uncertainty
     parse_loss_weight: float = 1.0  # the query reader's parse targets (kind, phrases, relation, count)
     parse_texts: int = 64  # recipe "slots": texts per step drawn from the whole grammar, for the parse targets only
@@ -68,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"final_dtype must be float32, float16 or bfloat16, got {self.final_dtype!r}")
         if self.recipe == "slots":
             self.steps = self.perception_steps + self.reasoner_steps + self.joint_steps
+        if self.recipe == "answers":
+            self.steps = self.answer_steps + self.answer_joint_steps
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be at least 1 and batch_size at least 2")
 

@@ -20,6 +20,12 @@ from mmodal.data.vqa import read_vqa
 from mmodal.model import MModalModel
 from mmodal.shapes.generate import generate_shapes
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
+from mmodal.training.answer_recipe import (
+    answer_recipe_losses,
+    answer_stage_bounds,
+    build_answer_model,
+    freeze_all_but_answers,
+)
 from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import Batch, ShapesTrainingData
@@ -79,7 +85,12 @@ def ensure_dataset(config: TrainConfig):
 
 def _schedule(config: TrainConfig):
     def factor(step: int) -> float:
-        start, length = stage_bounds(step, config) if config.recipe == "slots" else (0, config.steps)
+        if config.recipe == "slots":
+            start, length = stage_bounds(step, config)
+        elif config.recipe == "answers":
+            start, length = answer_stage_bounds(step, config)
+        else:
+            start, length = 0, config.steps
         step, warmup = step - start, min(config.warmup_steps, max(1, length // 5))
         if step < warmup:
             return (step + 1) / warmup
@@ -172,6 +183,8 @@ def answer_losses(model: MModalModel, pixels: torch.Tensor, questions, answers, 
 
 
 def build_model(config: TrainConfig, dataset) -> MModalModel:
+    if config.recipe == "answers":
+        return build_answer_model(config)
     if config.recipe == "slots":
         if config.model == "tiny" and not config.init_from:  # tests: fresh tiny towers under the slots
             return build_slot_model(config, build_model(replace(config, recipe="full"), dataset))
@@ -208,6 +221,9 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     elif config.recipe == "slots":
         freeze_towers(model)
         data = SlotTrainingData(dataset, model.input_size)
+    elif config.recipe == "answers":
+        freeze_all_but_answers(model)
+        data = SlotTrainingData(dataset, model.input_size)
     else:
         data = ShapesTrainingData(dataset, model.config.image.image_size)
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -238,6 +254,11 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     losses = answer_losses(model, pixels.to(device), questions, answers, config)
                 samples += len(questions)
+            elif config.recipe == "answers":
+                picks = rng.choice(len(data), size=config.batch_size, replace=False)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = answer_recipe_losses(model, data, picks, step, config, rng)
+                samples += config.batch_size
             elif config.recipe == "slots":
                 mining = stage_of(step, config) != "perception" and config.mine_every
                 if mining and step % config.mine_every == 0:

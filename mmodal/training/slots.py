@@ -119,7 +119,7 @@ def ground_truth_slots(
     return slots
 
 
-def _phrase_targets(phrase: ObjectPhrase | None, attributes: dict[str, tuple[str, ...]]) -> dict[str, int]:
+def phrase_targets(phrase: ObjectPhrase | None, attributes: dict[str, tuple[str, ...]]) -> dict[str, int]:
     if phrase is None:
         return {k: IGNORE for k in attributes}
     return {k: 0 if getattr(phrase, k) is None else 1 + v.index(getattr(phrase, k)) for k, v in attributes.items()}
@@ -143,7 +143,7 @@ def parse_targets(statements: list[Statement], config: ReasonerConfig) -> dict[s
                 kind, a = "object", part
             targets["kind"][b, p] = PART_KINDS.index(kind)
             for role, phrase in (("a", a), ("b", other)):
-                for k, t in _phrase_targets(phrase, config.attributes).items():
+                for k, t in phrase_targets(phrase, config.attributes).items():
                     targets[f"{role}.{k}"][b, p] = t
     return targets
 
