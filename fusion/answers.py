@@ -32,6 +32,7 @@ class AnswerConfig:
     num_layers: int = 2
     num_heads: int = 4
     prefix_tokens: int = 4  # positions of the language core's prefix
+    max_answer_tokens: int = 8  # answer positions the word bias knows
     hidden: int = 256
 
 
@@ -55,7 +56,9 @@ class Evidence:
 class AnswerReasoner(nn.Module):
     """Question tokens and object slots → the language core's prefix (B, P, H)."""
 
-    def __init__(self, config: AnswerConfig, slots_reasoner: ReasonerConfig, text_dim: int, hidden_size: int):
+    def __init__(
+        self, config: AnswerConfig, slots_reasoner: ReasonerConfig, text_dim: int, hidden_size: int, vocab_size: int
+    ):
         super().__init__()
         if not config.question_types:
             raise ValueError("AnswerConfig needs the question types it answers")
@@ -80,8 +83,29 @@ class AnswerReasoner(nn.Module):
         )
         self.positions = nn.Parameter(torch.zeros(config.prefix_tokens, hidden_size))
         self.norm = nn.LayerNorm(hidden_size)
+        # The core stays frozen (search reads with it), so on its own it writes after the colour of a two-word
+        # answer the shape its own training made likely. The evidence also shifts its word scores directly, by
+        # answer position, and a learned sharpness scales its logits, whose softmax is too flat after this prefix.
+        self.word_bias = nn.Sequential(
+            nn.Linear(evidence_dim + config.max_answer_tokens, config.hidden),
+            nn.GELU(),
+            nn.Linear(config.hidden, vocab_size),
+        )
+        nn.init.zeros_(self.word_bias[-1].weight)
+        nn.init.zeros_(self.word_bias[-1].bias)
+        self.log_sharpness = nn.Parameter(torch.zeros(()))
         focus = [FOCUS.index(config.focus.get(t, "subject")) for t in config.question_types]
         self.register_buffer("focus", torch.nn.functional.one_hot(torch.tensor(focus), len(FOCUS)).float(), False)
+
+    def answer_scores(self, core_logits: torch.Tensor, features: torch.Tensor, first_position: int) -> torch.Tensor:
+        """The core's logits (B, T, V) at answer positions ``first_position`` … → the answer's word log-probabilities,
+        sharpened and shifted by the evidence ``features`` (B, E)."""
+        b, t, _ = core_logits.shape
+        positions = torch.arange(first_position, first_position + t, device=core_logits.device)
+        positions = positions.clamp(max=self.config.max_answer_tokens - 1)
+        step = torch.nn.functional.one_hot(positions, self.config.max_answer_tokens).float()  # (T, S)
+        inputs = torch.cat([features[:, None, :].expand(b, t, -1), step[None].expand(b, -1, -1)], -1)
+        return torch.log_softmax(core_logits.float() * self.log_sharpness.exp() + self.word_bias(inputs), -1)
 
     def read(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Question tokens (B, T, H) → {head: (B, classes)} logits."""

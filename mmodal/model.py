@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import PreTrainedTokenizerFast
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
 
 from encoders.audio import AudioEncoder, preprocess_audio
 from encoders.errors import TowerInputError
@@ -41,6 +41,23 @@ EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the 
 DEFAULT_MODEL = "shapes"
 MAX_TEXT_CHARS = 1000
 MAX_ANSWER_TOKENS = 8
+
+
+class EvidenceScores(LogitsProcessor):
+    """Beam search's next-word log-probabilities from the core, turned into the answer's by the answer reasoner
+    (sharpened and shifted by each question's evidence ``features``, (B, E))."""
+
+    def __init__(self, answerer: AnswerReasoner, features: torch.Tensor, beams: int = 1):
+        self.answerer, self.features, self.beams = answerer, features, beams
+
+    def row(self, b: int) -> EvidenceScores:
+        return EvidenceScores(self.answerer, self.features[b : b + 1])
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # Beam search hands over log-softmaxed logits, which differ from the logits by a constant per row: the
+        # answer's scores come out the same from either.
+        features = self.features.repeat_interleave(self.beams, dim=0)
+        return self.answerer.answer_scores(scores[:, None, :], features, input_ids.shape[1] - 1)[:, 0]
 
 
 @dataclass
@@ -105,7 +122,9 @@ class MModalModel(nn.Module):
             self.slot_pooler = SlotPooler(self.slot_encoder.layout.width, d)
             self.reasoner = SlotReasoner(config.reasoner, t.hidden_size)
         if config.answers is not None:
-            self.answerer = AnswerReasoner(config.answers, config.reasoner, t.hidden_size, t.hidden_size)
+            self.answerer = AnswerReasoner(
+                config.answers, config.reasoner, t.hidden_size, t.hidden_size, len(tokenizer)
+            )
 
     @property
     def has_slots(self) -> bool:
@@ -357,9 +376,10 @@ class MModalModel(nn.Module):
                 ]
                 for b in range(len(questions))
             ]
+            scored = EvidenceScores(self.answerer, evidence.features)
             return [
                 Answer(best, confidence, ranked, looked_at=looked[b])
-                for b, (best, confidence, ranked) in enumerate(self._decode(prefix, prefix_mask, alternatives))
+                for b, (best, confidence, ranked) in enumerate(self._decode(prefix, prefix_mask, alternatives, scored))
             ]
         pixels = images.to(self.device) if torch.is_tensor(images) else self.preprocess_images(images)
         prefix, prefix_mask, _ = self.answer_prefix_for(self.image_tokens(pixels), ids, mask, keep_weights=True)
@@ -377,24 +397,28 @@ class MModalModel(nn.Module):
         tokens, _ = self.text_tokens(question_ids, question_mask)
         return self.answerer(tokens, question_mask, slots, self.reasoner)
 
-    def answer_loss_from_slots(self, prefix: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor):
-        """Prefix language modelling of the answers after a slot prefix: (cross-entropy, MoE aux loss)."""
+    def answer_loss_from_slots(
+        self, prefix: torch.Tensor, features: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor
+    ):
+        """Cross-entropy of the answers' words, as the core writes them after a slot prefix with the evidence
+        ``features`` shifting its scores (the scores beam search uses); and the MoE aux loss."""
         prefix_mask = torch.ones(prefix.shape[:2], dtype=answer_mask.dtype, device=prefix.device)
         out = self.language(
-            input_ids=answer_ids,
-            attention_mask=answer_mask,
-            prefix_embeds=prefix,
-            prefix_mask=prefix_mask,
-            labels=answer_ids.masked_fill(answer_mask == 0, -100),
-            causal=True,
+            input_ids=answer_ids, attention_mask=answer_mask, prefix_embeds=prefix, prefix_mask=prefix_mask, causal=True
         )
-        return out.loss, out.aux_loss
+        scores = self.answerer.answer_scores(out.logits[:, :-1], features, 0)  # position t writes word t + 1
+        labels = answer_ids.masked_fill(answer_mask == 0, -100)[:, 1:]
+        loss = torch.nn.functional.nll_loss(scores.reshape(-1, scores.shape[-1]), labels.reshape(-1))
+        return loss, out.aux_loss
 
     def _decode(
-        self, prefix: torch.Tensor, prefix_mask: torch.Tensor, alternatives: int
+        self, prefix: torch.Tensor, prefix_mask: torch.Tensor, alternatives: int, scored: EvidenceScores | None = None
     ) -> list[tuple[str, float, list[tuple[str, float]]]]:
-        """Beam search after each prefix → (answer, its probability, the other beams' answers) per row."""
+        """Beam search after each prefix → (answer, its probability, the other beams' answers) per row; ``scored``
+        turns the core's word log-probabilities into the answer's (answers from slots)."""
         beams = max(1, alternatives + 1)
+        if scored is not None:
+            scored.beams = beams
         start = torch.full((len(prefix), 1), self.tokenizer.bos_token_id, device=self.device)
         out = self.language.generate(
             input_ids=start,
@@ -411,13 +435,16 @@ class MModalModel(nn.Module):
             use_cache=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
+            logits_processor=LogitsProcessorList([scored]) if scored is not None else None,
         )
         texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         scores = out.sequences_scores.exp().tolist() if beams > 1 else None
         decoded = []
         for b in range(len(prefix)):
             if scores is None:
-                probability = self._sequence_probability(prefix[b : b + 1], prefix_mask[b : b + 1], out.sequences[b])
+                probability = self._sequence_probability(
+                    prefix[b : b + 1], prefix_mask[b : b + 1], out.sequences[b], scored.row(b) if scored else None
+                )
                 ranked = [(texts[b].strip(), probability)]
             else:
                 ranked = []
@@ -427,10 +454,14 @@ class MModalModel(nn.Module):
             decoded.append((ranked[0][0], ranked[0][1], ranked[1:]))
         return decoded
 
-    def _sequence_probability(self, prefix, prefix_mask, sequence) -> float:
+    def _sequence_probability(self, prefix, prefix_mask, sequence, scored: EvidenceScores | None = None) -> float:
         ids = sequence.unsqueeze(0)
         logits = self.language(input_ids=ids, prefix_embeds=prefix, prefix_mask=prefix_mask).logits
-        logp = torch.log_softmax(logits[0, :-1].float(), dim=-1).gather(1, ids[0, 1:, None]).squeeze(1)
+        if scored is None:
+            words = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+        else:
+            words = self.answerer.answer_scores(logits[:, :-1], scored.features, 0)[0]
+        logp = words.gather(1, ids[0, 1:, None]).squeeze(1)
         keep = ids[0, 1:] != self.tokenizer.pad_token_id
         return float(logp[keep].sum().exp())
 

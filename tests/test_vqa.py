@@ -180,7 +180,7 @@ def test_slot_evidence_counts_checks_relations_and_reads_the_referent(model):
     reasoner = model.reasoner
     layout, n = reasoner.layout, model.config.slots.max_slots
     slots = ground_truth_slots(scene, layout, n, np.random.default_rng(0)).unsqueeze(0)
-    answers = AnswerReasoner(AnswerConfig(question_types=QUESTION_TYPES), reasoner.config, 8, 8)
+    answers = AnswerReasoner(AnswerConfig(question_types=QUESTION_TYPES), reasoner.config, 8, 8, 16)
     colors = reasoner.config.attributes["color"]
 
     def evidence(*args, **kwargs):
@@ -233,3 +233,18 @@ def test_answers_recipe_trains_answers_over_a_slots_model_and_keeps_the_rest(sha
     assert answer.attention is None and answer.looked_at
     assert all(0 <= o["weight"] <= 1 and 0 <= o["cx"] <= 1 for o in answer.looked_at)
     assert set(answer.to_dict()) == {"answer", "confidence", "alternatives", "looked_at"}
+
+
+def test_the_shipped_model_answers_from_slots_and_scores_alike_with_or_without_beams(model, dataset):
+    """Beam search and the one-answer path score an answer the same way (sharpened, evidence-shifted words)."""
+    images = dataset.images_by_id()
+    records = [q for q in dataset.questions if q.type in ("query", "count", "color")][:12]
+    pictures = [Image.open(dataset.image_path(images[q.image_id])).convert("RGB") for q in records]
+    beams = model.ask(pictures, [q.question for q in records], alternatives=2)
+    alone = model.ask(pictures, [q.question for q in records], alternatives=0)
+    assert sum(a.answer == q.answer for a, q in zip(beams, records)) >= 10
+    for b, a in zip(beams, alone):
+        assert b.looked_at and b.attention is None
+        if a.answer == b.answer:
+            assert a.confidence == pytest.approx(b.confidence, rel=1e-3)
+    assert sum(a.answer == b.answer for a, b in zip(alone, beams)) >= 10

@@ -117,8 +117,8 @@ def answer_recipe_losses(
     a_ids, a_mask = model.tokenize(answers)
     with torch.no_grad():
         tokens, _ = model.text_tokens(q_ids, q_mask)
-    prefix, logits, _ = model.answerer(tokens, q_mask, slots[rows], model.reasoner)
-    answer_loss, _ = model.answer_loss_from_slots(prefix, a_ids, a_mask)
+    prefix, logits, evidence = model.answerer(tokens, q_mask, slots[rows], model.reasoner)
+    answer_loss, _ = model.answer_loss_from_slots(prefix, evidence.features, a_ids, a_mask)
     targets = reading_targets(questions, model)
     reading = [
         F.cross_entropy(logits[k].float(), t.to(device), ignore_index=IGNORE)
