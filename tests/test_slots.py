@@ -167,6 +167,25 @@ def test_spliced_texts_take_every_shared_word_from_the_donor_and_keep_their_own_
     assert torch.equal(tokens[1, 0], torch.tensor([10.0, 11.0]))  # the input is not changed in place
 
 
+def test_a_question_with_one_word_changed_keeps_its_type_and_never_holds_out_a_pair():
+    from mmodal.shapes.semantics import parse_question
+    from mmodal.shapes.world import question_word_changed
+
+    rng = np.random.default_rng(5)
+    for text in (
+        "what is left of the blue square?",
+        "how many red circles are there?",
+        "is the red star above the cyan circle?",
+    ):
+        question = parse_question(text)
+        for _ in range(20):
+            changed = question_word_changed(question, rng, "train")
+            assert changed is not None and changed.type == question.type and not changed.held_out
+            before, after = question.text().split(), changed.text().split()
+            assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 1
+    assert question_word_changed(parse_question("how many objects are there?"), rng, "train") is None
+
+
 def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir, tmp_path):
     from PIL import Image
 

@@ -374,6 +374,21 @@ def one_word_changed(statement: Statement, rng: np.random.Generator, split: str)
     return None
 
 
+def question_word_changed(question: Question, rng: np.random.Generator, split: str) -> Question | None:
+    """``question`` with one attribute word of one of its phrases changed to another value legal for ``split``,
+    or None when it has nothing to change (what the statement version does, for questions)."""
+    phrases = question.object_phrases()
+    if not phrases:
+        return None
+    changed = one_word_changed(Statement(phrases), rng, split)
+    if changed is None:
+        return None
+    new = dict(zip(map(id, phrases), changed.parts))
+    target = new.get(id(question.target), question.target) if question.target is not None else None
+    other = new.get(id(question.other), question.other) if question.other is not None else None
+    return replace(question, target=target, other=other)
+
+
 def _with_phrase(part, old: ObjectPhrase, new: ObjectPhrase):
     if isinstance(part, ObjectPhrase):
         return new if part is old else part

@@ -23,9 +23,9 @@ from fusion.reasoner import ROLES
 from mmodal.config import ModelConfig, with_answers
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes.semantics import QUESTION_TYPES, RELATIONS, Question
-from mmodal.shapes.world import question_of_type
+from mmodal.shapes.world import question_of_type, question_word_changed
 from mmodal.training.config import TrainConfig
-from mmodal.training.slot_recipe import SlotTrainingData
+from mmodal.training.slot_recipe import SlotTrainingData, splice_contexts
 from mmodal.training.slots import IGNORE, ground_truth_slots, phrase_targets
 
 # What each question type's answer looks at, for drawing it: the subject, both objects of a relation, or the
@@ -113,10 +113,18 @@ def answer_recipe_losses(
         with torch.no_grad():
             slots = model.image_slots(pixels.to(device), frames.to(device)).float()
     rows, questions, answers = draw_questions(scenes, rng, step * len(scenes))
-    q_ids, q_mask = model.tokenize([q.text() for q in questions])
+    # As the query reader does: some questions read each shared word with the context of a copy that differs
+    # in one word, so that a colour–shape pair never seen together is read word by word.
+    donors = [question_word_changed(q, rng, "train") if rng.random() < config.parse_splice else None for q in questions]
+    spliced = [i for i, d in enumerate(donors) if d is not None]
+    n = len(questions)
+    q_ids, q_mask = model.tokenize([q.text() for q in questions] + [donors[i].text() for i in spliced])
     a_ids, a_mask = model.tokenize(answers)
     with torch.no_grad():
         tokens, _ = model.text_tokens(q_ids, q_mask)
+        if spliced:
+            tokens = splice_contexts(tokens, q_ids, torch.tensor(spliced, device=device), n)
+    tokens, q_mask = tokens[:n], q_mask[:n]
     prefix, logits, evidence = model.answerer(tokens, q_mask, slots[rows], model.reasoner)
     answer_loss, _ = model.answer_loss_from_slots(prefix, evidence.features, a_ids, a_mask)
     targets = reading_targets(questions, model)
