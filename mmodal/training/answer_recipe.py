@@ -25,12 +25,13 @@ from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model
 from mmodal.shapes.semantics import QUESTION_TYPES, RELATIONS, Question
 from mmodal.shapes.world import question_of_type, question_word_changed
 from mmodal.training.config import TrainConfig
-from mmodal.training.slot_recipe import SlotTrainingData, splice_contexts
+from mmodal.training.slot_recipe import SlotTrainingData, load_towers, splice_contexts
 from mmodal.training.slots import IGNORE, ground_truth_slots, phrase_targets
 
 # What each question type's answer looks at, for drawing it: the subject, both objects of a relation, or the
 # object in the relation to the named one.
-FOCUS = {"relation": "pair", "query": "related"}
+ANSWER_FOCUS = {"relation": "pair", "query": "related"}
+ANSWER_MODULES = ("answerer.",)
 
 
 def build_answer_model(config: TrainConfig) -> MModalModel:
@@ -39,20 +40,10 @@ def build_answer_model(config: TrainConfig) -> MModalModel:
     base = ModelConfig.load(folder)
     if base.slots is None:
         raise ValueError(f"{folder} has no object slots; train the slots recipe first, then answers over it")
-    model = MModalModel(with_answers(base, QUESTION_TYPES, FOCUS), PreTrainedTokenizerFast.from_pretrained(folder))
-    state = {k: v for k, v in load_file(str(folder / WEIGHTS_FILE)).items() if not k.startswith("answerer.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in state if k in own}
-    lacking = [k for k in missing if not k.startswith("answerer.") and own[k].data_ptr() not in loaded]
-    if lacking or unexpected:
-        raise ValueError(f"{folder} does not fit its config: missing {lacking[:5]}, unexpected {unexpected[:5]}")
+    config_with_answers = with_answers(base, QUESTION_TYPES, ANSWER_FOCUS)
+    model = MModalModel(config_with_answers, PreTrainedTokenizerFast.from_pretrained(folder))
+    load_towers(model, load_file(str(folder / WEIGHTS_FILE)), ANSWER_MODULES, str(folder))
     return model
-
-
-def freeze_all_but_answers(model: MModalModel) -> None:
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("answerer."))
 
 
 def answer_stage_bounds(step: int, config: TrainConfig) -> tuple[int, int]:

@@ -21,10 +21,10 @@ from mmodal.model import MModalModel
 from mmodal.shapes.generate import generate_shapes
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
 from mmodal.training.answer_recipe import (
+    ANSWER_MODULES,
     answer_recipe_losses,
     answer_stage_bounds,
     build_answer_model,
-    freeze_all_but_answers,
 )
 from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
 from mmodal.training.config import TrainConfig
@@ -222,7 +222,7 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
         freeze_towers(model)
         data = SlotTrainingData(dataset, model.input_size)
     elif config.recipe == "answers":
-        freeze_all_but_answers(model)
+        freeze_towers(model, ANSWER_MODULES)
         data = SlotTrainingData(dataset, model.input_size)
     else:
         data = ShapesTrainingData(dataset, model.config.image.image_size)

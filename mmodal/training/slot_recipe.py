@@ -61,23 +61,27 @@ def build_slot_model(config: TrainConfig, base: MModalModel | None = None) -> MM
     # With no perception stage, a model that already has slots keeps them (and its reasoner and pooler) and
     # goes on training those; otherwise the slot modules start fresh over the towers.
     keep_slots = config.perception_steps == 0 and base_config.slots is not None
-    towers = {
-        k: v for k, v in state.items() if (keep_slots or not k.startswith(SLOT_MODULES)) and k in model.state_dict()
-    }
-    missing, _ = model.load_state_dict(towers, strict=False)
-    own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in towers}
-    # A tied weight (the core's output head is its token embedding) is saved once and loads through its twin.
-    lacking = [k for k in missing if not k.startswith(SLOT_MODULES) and own[k].data_ptr() not in loaded]
-    if lacking:
-        raise ValueError(f"{config.init_from} lacks tower weights {lacking[:5]}; start from a trained mmodal model")
+    load_towers(model, state, () if keep_slots else SLOT_MODULES, config.init_from or DEFAULT_MODEL)
     return model
 
 
-def freeze_towers(model: MModalModel) -> list[torch.nn.Parameter]:
-    """Freezes everything but the slot modules; returns the parameters left to train."""
+def load_towers(model: MModalModel, state: dict[str, torch.Tensor], fresh: tuple[str, ...], source: str) -> None:
+    """Loads ``state`` into ``model``, but for the modules named in ``fresh``, which start anew; refuses a
+    ``state`` that lacks any other weight."""
+    own = model.state_dict()
+    towers = {k: v for k, v in state.items() if not k.startswith(fresh) and k in own}
+    missing, _ = model.load_state_dict(towers, strict=False)
+    loaded = {own[k].data_ptr() for k in towers}
+    # A tied weight (the core's output head is its token embedding) is saved once and loads through its twin.
+    lacking = [k for k in missing if not k.startswith(fresh) and own[k].data_ptr() not in loaded]
+    if lacking:
+        raise ValueError(f"{source} lacks weights {lacking[:5]}; start from a trained mmodal model")
+
+
+def freeze_towers(model: MModalModel, trained: tuple[str, ...] = SLOT_MODULES) -> list[torch.nn.Parameter]:
+    """Freezes everything but the modules named in ``trained``; returns the parameters left to train."""
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(SLOT_MODULES))
+        p.requires_grad_(name.startswith(trained))
     return [p for p in model.parameters() if p.requires_grad]
 
 
