@@ -147,11 +147,16 @@ class AnswerReasoner(nn.Module):
         looked_at = (looks * (kind @ self.focus)[:, None, :]).sum(-1)
         return Evidence(kind, exists, count, holds, attributes_of(subject), attributes_of(in_relation), looked_at)
 
+    def prefix(self, evidence: Evidence) -> torch.Tensor:
+        """The evidence → the language core's prefix (B, P, H)."""
+        features = evidence.features
+        prefix = self.to_prefix(features).view(len(features), self.config.prefix_tokens, -1)
+        return self.norm(prefix + self.positions)
+
     def forward(
         self, tokens: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, matcher: SlotReasoner
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Evidence]:
         """→ the prefix (B, P, H), the reader's logits (for its auxiliary targets) and the evidence."""
         logits = self.read(tokens, mask)
         evidence = self.evidence(logits, slots, matcher)
-        prefix = self.to_prefix(evidence.features).view(len(tokens), self.config.prefix_tokens, -1)
-        return self.norm(prefix + self.positions), logits, evidence
+        return self.prefix(evidence), logits, evidence

@@ -257,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{stage}-steps", dest=f"{stage}_steps", type=_count, help=f"slots recipe: {what} stage steps"
         )
     train.add_argument(
+        "--keep-slots",
+        dest="keep_slots",
+        action="store_const",
+        const=True,
+        help="slots recipe: go on training the slot modules of --init-from instead of fresh ones",
+    )
+    train.add_argument(
         "--answer-steps", dest="answer_steps", type=_count, help="answers recipe: ground-truth slots stage steps"
     )
     train.add_argument(
@@ -271,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         "shipped model); answers: answers from the slots of --init-from; full: the towers; clip: the plain-InfoNCE "
         "baseline; vqa: answers only, on --data or VQAv2",
     )
-    train.add_argument("--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe vqa)")
+    train.add_argument(
+        "--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe answers or vqa)"
+    )
     train.add_argument("--vqa-annotations", dest="vqa_annotations", help="VQAv2 annotations JSON")
     train.add_argument("--vqa-images", dest="vqa_images", help="folder of the VQAv2 images")
     train.add_argument(
@@ -281,7 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--blind",
         action="store_const",
         const=True,
-        help="with --recipe vqa: learn answers from the question alone (images blanked), a baseline",
+        help="with --recipe vqa or answers: learn answers from the question alone (images blanked), a baseline",
+    )
+    train.add_argument(
+        "--fresh-core",
+        dest="fresh_core",
+        action="store_const",
+        const=True,
+        help="with --recipe answers: train a fresh language core (of --model's kind) along, a baseline for the "
+        "cores; search does not read with the result",
     )
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int)

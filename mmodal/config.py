@@ -151,14 +151,17 @@ def tiny_config() -> ModelConfig:
     )
 
 
-def dense_config() -> ModelConfig:
-    """The default model with a dense language core of the same active width: each feed-forward layer is the
-    shared expert widened by the routed experts a token would visit, with no router (a baseline for the MoE)."""
-    moe = TextConfig()
-    text = replace(
+def dense_text(moe: TextConfig) -> TextConfig:
+    """A dense language core of ``moe``'s active width: each feed-forward layer is the shared expert widened by
+    the routed experts a token would visit, with no router (a baseline for the MoE)."""
+    return replace(
         moe, n_shared_experts=moe.n_shared_experts + moe.experts_per_token, n_routed_experts=0, experts_per_token=0
     )
-    return ModelConfig(name="shapes-dense", text=text)
+
+
+def dense_config() -> ModelConfig:
+    """The default model with a dense language core of the same active width."""
+    return ModelConfig(name="shapes-dense", text=dense_text(TextConfig()))
 
 
 def with_answers(config: ModelConfig, question_types: tuple[str, ...], focus: dict[str, str]) -> ModelConfig:

@@ -225,8 +225,7 @@ def evaluate_vqa(
     records = []
     for chunk in tqdm(list(_chunks(questions, batch_size)), desc="vqa", unit="batch", leave=False):
         if blind:
-            size = model.config.image.image_size
-            pictures = torch.zeros(len(chunk), 3, size, size)
+            pictures = torch.zeros(len(chunk), 3, model.input_size, model.input_size)
         else:
             pictures = [Image.open(dataset.image_path(images[q.image_id])) for q in chunk]
         for q, a in zip(chunk, model.ask(pictures, [q.question for q in chunk], alternatives=2)):
@@ -239,6 +238,12 @@ def evaluate_vqa(
     correct = np.array([r[2] for r in records], dtype=float)
     confidence = np.array([r[3] for r in records], dtype=float)
     result: dict = {"all": {"accuracy": round(float(correct.mean()), 4), "n": len(records)}}
+    held_out = [r[2] for r in records if r[1]]
+    if held_out:
+        result["held_out_all"] = {"accuracy": round(float(np.mean(held_out)), 4), "n": len(held_out)}
+    for qtype in sorted({r[0] for r in records}):
+        rows = [r[2] for r in records if r[0] == qtype]
+        result.setdefault("by_type", {})[qtype] = {"accuracy": round(float(np.mean(rows)), 4), "n": len(rows)}
     for split, held in (("seen", False), ("held_out", True)):
         for qtype in sorted({r[0] for r in records}):
             rows = [r[2] for r in records if r[0] == qtype and r[1] == held]
@@ -326,7 +331,9 @@ def format_report(report: dict[str, dict]) -> str:
         rows.append(("speech P@10", [f"{r['speech']['p@10']:.3f}" for r in report.values()]))
     if "vqa" in first:
         rows.append(("vqa accuracy all", [f"{r['vqa']['all']['accuracy']:.3f}" for r in report.values()]))
-        for split in ("seen", "held_out"):
+        held = [r["vqa"].get("held_out_all", {}).get("accuracy", float("nan")) for r in report.values()]
+        rows.append(("vqa accuracy held-out pairs", [f"{v:.3f}" for v in held]))
+        for split in ("by_type", "seen", "held_out"):
             for qtype in first["vqa"].get(split, {}):
                 rows.append(
                     (

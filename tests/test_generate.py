@@ -162,3 +162,17 @@ def test_statements_from_the_whole_grammar_parse_back_and_keep_the_hold_out():
     assert set(counts) == {1, 2, 3, 4} and min(np.bincount(counts)[1:]) > 0.2 * len(counts)
     assert set(relations) == set(RELATIONS)
     assert any(any_statement(rng, "test").held_out for _ in range(3000))
+
+
+def test_questions_from_the_whole_grammar_parse_back_and_keep_the_hold_out():
+    from mmodal.shapes.semantics import QUESTION_TYPES, parse_question
+    from mmodal.shapes.world import any_question
+
+    rng = np.random.default_rng(0)
+    questions = [any_question(rng, "train") for _ in range(3000)]
+    assert all(parse_question(q.text()) == q for q in questions)
+    assert not any(q.held_out for q in questions)
+    types = [QUESTION_TYPES.index(q.type) for q in questions]
+    assert min(np.bincount(types, minlength=len(QUESTION_TYPES))) > 0.1 * len(questions)
+    assert {q.relation for q in questions if q.relation} == set(RELATIONS)
+    assert any(any_question(rng, "test").held_out for _ in range(3000))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -223,3 +224,18 @@ def test_an_index_from_a_model_without_slots_is_refused(tiny_slot_model, shapes_
     index_collection(first_design, images, tmp_path / "old", workers=1, show_progress=False)
     with pytest.raises(ModelMismatchError, match="no object slots"):
         index_collection(tiny_slot_model, images, tmp_path / "old", workers=1, show_progress=False)
+
+
+def test_turned_hues_keep_grey_and_brightness_and_a_third_of_a_turn_cycles_the_channels():
+    from mmodal.training.perception import turn_hues
+
+    torch.manual_seed(0)
+    pixels = torch.rand(3, 3, 5, 5) * 2 - 0.5  # normalised, inside what a picture can hold
+    assert torch.allclose(turn_hues(pixels, torch.zeros(3)), pixels, atol=1e-6)
+    third = turn_hues(pixels, torch.full((3,), 2 * math.pi / 3))
+    assert torch.allclose(third, pixels[:, [2, 0, 1]], atol=1e-5)  # red → green → blue → red
+    grey = torch.full((1, 3, 2, 2), 0.7)
+    assert torch.allclose(turn_hues(grey, torch.tensor([1.1])), grey, atol=1e-6)
+    turned = turn_hues(pixels, torch.tensor([0.5, 1.5, 2.5]))
+    assert torch.allclose(turned.mean(1), pixels.mean(1), atol=0.05)  # channel mean: brightness, up to clipping
+    assert not torch.allclose(turned, pixels, atol=0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,21 +106,10 @@ def test_expected_calibration_error():
 
 
 def test_trains_on_a_vqav2_dataset_from_disk(tmp_path, capsys):
-    images = tmp_path / "val2014"
-    images.mkdir()
-    questions, annotations = [], []
-    for n, (name, colour) in enumerate(COLOURS.items(), start=1):
-        _picture(colour).save(images / f"COCO_val2014_{n:012d}.jpg")
-        questions.append({"question_id": n * 10, "image_id": n, "question": QUESTION})
-        annotations.append(
-            {"question_id": n * 10, "image_id": n, "multiple_choice_answer": name, "answers": [{"answer": name}]}
-        )
-    (tmp_path / "q.json").write_text(json.dumps({"questions": questions}))
-    (tmp_path / "a.json").write_text(json.dumps({"annotations": annotations}))
+    vqa = _vqav2_files(tmp_path)
     out = tmp_path / "run"
     argv = ["train", "--recipe", "vqa", "--model", "tiny", "--steps", "3", "--batch-size", "4", "--out", str(out)]
-    argv += ["--vqa-questions", str(tmp_path / "q.json"), "--vqa-annotations", str(tmp_path / "a.json")]
-    argv += ["--vqa-images", str(images), "--device", "cpu"]
+    argv += [*vqa, "--device", "cpu"]
     assert main(argv) == 0
     model = MModalModel.from_pretrained(out / "model")
     answer = model.ask([_picture(COLOURS["red"])], [QUESTION])[0]
@@ -202,16 +192,47 @@ def test_slot_evidence_counts_checks_relations_and_reads_the_referent(model):
     assert colors[int(query.related[0, span].argmax())] == "red" and looked.max() > 0.9
 
 
-def test_answers_recipe_trains_answers_over_a_slots_model_and_keeps_the_rest(shapes_train_dir, tmp_path):
+TINY_RUN = dict(model="tiny", speech=False, warmup_steps=1, checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_slots(shapes_train_dir, tmp_path_factory):
+    """A tiny model with object slots, trained a few steps of the slots recipe."""
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.loop import train
+
+    out = tmp_path_factory.mktemp("tiny-slots")
+    config = TrainConfig(out=str(out), data=str(shapes_train_dir), perception_steps=2, reasoner_steps=2, joint_steps=1)
+    return train(replace(config, **TINY_RUN))
+
+
+def _vqav2_files(folder) -> list[str]:
+    """A VQAv2-format question set on disk (questions, annotations, images): the square's colour."""
+    images = folder / "val2014"
+    images.mkdir()
+    questions, annotations = [], []
+    for n, (name, colour) in enumerate(COLOURS.items(), start=1):
+        _picture(colour).save(images / f"COCO_val2014_{n:012d}.jpg")
+        questions.append({"question_id": n * 10, "image_id": n, "question": QUESTION})
+        annotations.append(
+            {"question_id": n * 10, "image_id": n, "multiple_choice_answer": name, "answers": [{"answer": name}]}
+        )
+    (folder / "q.json").write_text(json.dumps({"questions": questions}))
+    (folder / "a.json").write_text(json.dumps({"annotations": annotations}))
+    return ["--vqa-questions", str(folder / "q.json"), "--vqa-annotations", str(folder / "a.json")] + [
+        "--vqa-images",
+        str(images),
+    ]
+
+
+def test_answers_recipe_trains_answers_over_a_slots_model_and_keeps_the_rest(shapes_train_dir, tiny_slots, tmp_path):
     from safetensors.torch import load_file
 
     from mmodal.training.config import TrainConfig
     from mmodal.training.loop import train
 
-    common = dict(data=str(shapes_train_dir), model="tiny", speech=False, warmup_steps=1, checkpoint_every=4)
-    slots = train(
-        TrainConfig(out=str(tmp_path / "slots"), perception_steps=2, reasoner_steps=2, joint_steps=1, **common)
-    )
+    common = dict(data=str(shapes_train_dir), **TINY_RUN)
+    slots = tiny_slots
     answers = train(
         TrainConfig(
             out=str(tmp_path / "answers"),
@@ -235,6 +256,49 @@ def test_answers_recipe_trains_answers_over_a_slots_model_and_keeps_the_rest(sha
     assert set(answer.to_dict()) == {"answer", "confidence", "alternatives", "looked_at"}
 
 
+def test_answers_recipe_baselines_and_vqav2_questions_over_slots(shapes_train_dir, tiny_slots, tmp_path, caplog):
+    """A dense fresh core answering blind, with VQAv2 questions from disk asked of their pictures' slots."""
+    from safetensors.torch import load_file
+
+    from mmodal.data.dataset import read_dataset
+    from mmodal.data.vqa import read_vqa
+    from mmodal.training.answer_recipe import answer_recipe_losses, build_answer_model
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.slot_recipe import SlotTrainingData
+    from mmodal.training.vqa_data import QuestionAnswerData
+
+    vqa = _vqav2_files(tmp_path)
+    out = tmp_path / "dense"
+    argv = ["train", "--recipe", "answers", "--init-from", str(tiny_slots), "--data", str(shapes_train_dir)]
+    argv += ["--model", "tiny", "--no-speech", "--answer-steps", "2", "--answer-joint-steps", "2"]
+    argv += ["--batch-size", "8", "--device", "cpu"]
+    assert main([*argv, "--model", "dense", "--out", str(tmp_path / "x")]) == 1
+    assert "add --fresh-core" in caplog.text
+    assert main([*argv, "--model", "dense", "--fresh-core", "--blind", *vqa, "--out", str(out)]) == 0
+    model = MModalModel.from_pretrained(out / "model")
+    assert model.config.text.n_routed_experts == 0 and model.answers_from_slots
+    before, after = load_file(str(tiny_slots / "model.safetensors")), load_file(str(out / "model/model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("slot_encoder."))
+    assert not torch.equal(
+        before["language.embed_tokens.weight"], after["language.embed_tokens.weight"]
+    )  # the core trained
+    answer = model.ask([_picture(COLOURS["red"])], [QUESTION])[0]
+    assert isinstance(answer.answer, str) and 0 <= answer.confidence <= 1
+
+    # The VQAv2 questions join the answer loss of the second stage.
+    config = TrainConfig(recipe="answers", init_from=str(tiny_slots), answer_steps=1, **TINY_RUN)
+    torch.manual_seed(0)
+    model = build_answer_model(config)
+    data = SlotTrainingData(read_dataset(shapes_train_dir), model.input_size)
+    asked = QuestionAnswerData(read_vqa(*vqa[1::2]), model.input_size)
+    picks = np.arange(8)
+    alone = answer_recipe_losses(model, data, picks, 1, config, np.random.default_rng(0))
+    joined = answer_recipe_losses(model, data, picks, 1, config, np.random.default_rng(0), asked)
+    assert torch.isfinite(joined["answer"]) and joined["answer"].item() != pytest.approx(alone["answer"].item())
+    with pytest.raises(ValueError, match="goes with the slots recipe"):
+        TrainConfig(recipe="answers", keep_slots=True)
+
+
 def test_the_shipped_model_answers_from_slots_and_scores_alike_with_or_without_beams(model, dataset):
     """Beam search and the one-answer path score an answer the same way (sharpened, evidence-shifted words)."""
     images = dataset.images_by_id()
@@ -248,3 +312,20 @@ def test_the_shipped_model_answers_from_slots_and_scores_alike_with_or_without_b
         if a.answer == b.answer:
             assert a.confidence == pytest.approx(b.confidence, rel=1e-3)
     assert sum(a.answer == b.answer for a, b in zip(alone, beams)) >= 10
+
+
+def test_keep_slots_goes_on_from_the_slot_modules_of_init_from(tiny_slots, shapes_train_dir):
+    from safetensors.torch import load_file
+
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.slot_recipe import build_slot_model
+
+    config = TrainConfig(init_from=str(tiny_slots), keep_slots=True, data=str(shapes_train_dir), **TINY_RUN)
+    saved = load_file(str(tiny_slots / "model.safetensors"))
+    slot_weights = [k for k in saved if k.startswith("slot_encoder.")]
+    kept, fresh = (
+        build_slot_model(config).state_dict(),
+        build_slot_model(replace(config, keep_slots=False)).state_dict(),
+    )
+    assert all(torch.equal(kept[k], saved[k].float()) for k in slot_weights)
+    assert not all(torch.equal(fresh[k], saved[k].float()) for k in slot_weights)

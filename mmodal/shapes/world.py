@@ -207,16 +207,29 @@ def _random_phrase(rng, split: str, attributes: tuple[str, ...]) -> ObjectPhrase
             return phrase
 
 
+# The attributes that each question type's phrases name. A referring phrase (colour, shape, size and relation
+# questions) names the first and adds the size where a scene needs it to pick one object.
+QUESTION_PHRASES = {
+    "color": (("shape",), ("size", "shape")),
+    "shape": (("color",), ("size", "color")),
+    "size": (("color", "shape"),),
+    "count": (("color", "shape"), ("shape",), ("color",), ()),
+    "exist": (("color", "shape"), ("size", "color", "shape"), ("size", "shape")),
+    "relation": (("color", "shape"), ("size", "color", "shape")),
+    "query": (("color", "shape"), ("size", "color", "shape")),
+}
+
+
 def question_of_type(qtype: str, scene: Scene, rng, split: str) -> Question | None:
     objs = scene.objects
     obj = objs[int(rng.integers(len(objs)))]
     if qtype in ("color", "shape", "size"):
-        keep = {"color": ("shape",), "shape": ("color",), "size": ("color", "shape")}[qtype]
+        keep = QUESTION_PHRASES[qtype][0]
         # A size question must not name the size it asks for.
         phrase = _referring_phrase(obj, scene, keep, rng, allow_size=qtype != "size")
         return Question(qtype, phrase) if phrase else None
     if qtype == "count":
-        attributes = [("color", "shape"), ("shape",), ("color",), ()][int(rng.integers(4))]
+        attributes = QUESTION_PHRASES["count"][int(rng.integers(len(QUESTION_PHRASES["count"])))]
         source = obj if rng.random() < 0.7 else None
         phrase = (
             ObjectPhrase(**{k: getattr(obj, k) for k in attributes})
@@ -225,7 +238,7 @@ def question_of_type(qtype: str, scene: Scene, rng, split: str) -> Question | No
         )
         return Question("count", phrase)
     if qtype == "exist":
-        attributes = [("color", "shape"), ("size", "color", "shape"), ("size", "shape")][int(rng.integers(3))]
+        attributes = QUESTION_PHRASES["exist"][int(rng.integers(len(QUESTION_PHRASES["exist"])))]
         if rng.random() < 0.5:
             return Question("exist", ObjectPhrase(**{k: getattr(obj, k) for k in attributes}))
         return Question("exist", _random_phrase(rng, split, attributes))
@@ -241,6 +254,21 @@ def question_of_type(qtype: str, scene: Scene, rng, split: str) -> Question | No
         return Question("relation", a, RELATIONS[int(rng.integers(len(RELATIONS)))], b)
     rels = relations_between(obj, other)
     return Question("query", relation=rels[int(rng.integers(len(rels)))], other=b) if rels else None
+
+
+def any_question(rng: np.random.Generator, split: str) -> Question:
+    """A question drawn from the whole question grammar, of no scene in particular: every type, relation and
+    phrase equally often, legal for ``split``. What a question reader must learn to read."""
+    qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+
+    def phrase() -> ObjectPhrase:
+        choices = QUESTION_PHRASES[qtype]
+        return _random_phrase(rng, split, choices[int(rng.integers(len(choices)))])
+
+    if qtype in ("relation", "query"):
+        relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+        return Question(qtype, phrase() if qtype == "relation" else None, relation, phrase())
+    return Question(qtype, phrase())
 
 
 def questions(scene: Scene, rng: np.random.Generator, split: str) -> list[tuple[Question, str]]:

@@ -7,10 +7,19 @@ default), in two stages on one step counter.
 
 Everything the model had stays frozen, the language core included: search keeps reading queries as before,
 and the index's vectors stay valid. Questions are drawn one per scene, cycling through every type, so that
-each type is taught equally often.
+each type is taught equally often; the reader also reads questions drawn from the whole question grammar,
+for its targets alone. VQAv2 files (``vqa_questions`` …) add their questions to the second stage, asked of
+their images' slots, for the answer alone.
+
+Two baselines train the same way: ``blind`` answers from the question alone (no slot in the first stage,
+blank pictures in the second), and ``fresh_core`` trains a fresh language core along (of ``model``'s kind: the
+MoE, or a dense core of the same active width), for the MoE against the dense core on equal terms; search
+does not read with such a model.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -20,30 +29,43 @@ from transformers import PreTrainedTokenizerFast
 
 from encoders.pixels import letterbox_frame
 from fusion.reasoner import ROLES
-from mmodal.config import ModelConfig, with_answers
+from mmodal.config import ModelConfig, dense_text, with_answers
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes.semantics import QUESTION_TYPES, RELATIONS, Question
-from mmodal.shapes.world import question_of_type, question_word_changed
+from mmodal.shapes.world import any_question, question_of_type, question_word_changed
 from mmodal.training.config import TrainConfig
 from mmodal.training.slot_recipe import SlotTrainingData, load_towers, splice_contexts
 from mmodal.training.slots import IGNORE, ground_truth_slots, phrase_targets
+from mmodal.training.vqa_data import QuestionAnswerData
 
 # What each question type's answer looks at, for drawing it: the subject, both objects of a relation, or the
 # object in the relation to the named one.
 ANSWER_FOCUS = {"relation": "pair", "query": "related"}
 ANSWER_MODULES = ("answerer.",)
+CORE_MODULES = ("language.",)
 
 
 def build_answer_model(config: TrainConfig) -> MModalModel:
-    """The model of ``init_from`` (the shipped one by default) with a fresh answer reasoner."""
+    """The model of ``init_from`` (the shipped one by default) with a fresh answer reasoner (and, with
+    ``fresh_core``, a fresh language core of ``model``'s kind)."""
     folder = resolve_model_path(config.init_from or DEFAULT_MODEL)
     base = ModelConfig.load(folder)
     if base.slots is None:
         raise ValueError(f"{folder} has no object slots; train the slots recipe first, then answers over it")
-    config_with_answers = with_answers(base, QUESTION_TYPES, ANSWER_FOCUS)
-    model = MModalModel(config_with_answers, PreTrainedTokenizerFast.from_pretrained(folder))
-    load_towers(model, load_file(str(folder / WEIGHTS_FILE)), ANSWER_MODULES, str(folder))
+    if config.model == "dense" and not config.fresh_core:
+        raise ValueError("a dense core has no trained weights to answer with; add --fresh-core to train one")
+    if config.model == "dense":
+        base = replace(base, text=dense_text(base.text))
+    model = MModalModel(
+        with_answers(base, QUESTION_TYPES, ANSWER_FOCUS), PreTrainedTokenizerFast.from_pretrained(folder)
+    )
+    load_towers(model, load_file(str(folder / WEIGHTS_FILE)), answer_modules(config), str(folder))
     return model
+
+
+def answer_modules(config: TrainConfig) -> tuple[str, ...]:
+    """The modules the recipe trains: the answer reasoner, and the language core when it is fresh."""
+    return ANSWER_MODULES + (CORE_MODULES if config.fresh_core else ())
 
 
 def answer_stage_bounds(step: int, config: TrainConfig) -> tuple[int, int]:
@@ -91,40 +113,76 @@ def draw_questions(scenes, rng: np.random.Generator, offset: int) -> tuple[list[
 
 
 def answer_recipe_losses(
-    model: MModalModel, data: SlotTrainingData, indices: np.ndarray, step: int, config: TrainConfig, rng
+    model: MModalModel,
+    data: SlotTrainingData,
+    indices: np.ndarray,
+    step: int,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    asked: QuestionAnswerData | None = None,
 ) -> dict[str, torch.Tensor]:
+    """One step's losses on the training scenes ``indices`` (and, in the second stage, on questions of
+    ``asked``, VQAv2 files, when given)."""
     device = model.device
-    if step < config.answer_steps:
+    layout, n_slots = model.slot_encoder.layout, model.config.slots.max_slots
+    own_slots = step >= config.answer_steps
+    if not own_slots:
         scenes = [data.scenes[int(i)] for i in indices]
-        layout, n = model.slot_encoder.layout, model.config.slots.max_slots
-        slots = torch.stack([ground_truth_slots(s, layout, n, rng, config.slot_noise) for s in scenes]).to(device)
+        if config.blind:
+            slots = torch.zeros(len(scenes), n_slots, layout.width, device=device)
+        else:
+            slots = torch.stack([ground_truth_slots(s, layout, n_slots, rng, config.slot_noise) for s in scenes])
     else:
         pixels, scenes = data.pictures.batch(indices, rng)
         frames = torch.tensor([letterbox_frame(s.width, s.height) for s in scenes])
-        with torch.no_grad():
-            slots = model.image_slots(pixels.to(device), frames.to(device)).float()
+        slots = slots_seen(model, pixels, frames, config.blind)
     rows, questions, answers = draw_questions(scenes, rng, step * len(scenes))
-    # As the query reader does: some questions read each shared word with the context of a copy that differs
-    # in one word, so that a colour–shape pair never seen together is read word by word.
-    donors = [question_word_changed(q, rng, "train") if rng.random() < config.parse_splice else None for q in questions]
-    spliced = [i for i, d in enumerate(donors) if d is not None]
+    slots = slots.to(device)[rows]
     n = len(questions)
-    q_ids, q_mask = model.tokenize([q.text() for q in questions] + [donors[i].text() for i in spliced])
-    a_ids, a_mask = model.tokenize(answers)
-    with torch.no_grad():
-        tokens, _ = model.text_tokens(q_ids, q_mask)
-        if spliced:
-            tokens = splice_contexts(tokens, q_ids, torch.tensor(spliced, device=device), n)
-    tokens, q_mask = tokens[:n], q_mask[:n]
-    prefix, logits, evidence = model.answerer(tokens, q_mask, slots[rows], model.reasoner)
-    answer_loss, _ = model.answer_loss_from_slots(prefix, evidence.features, a_ids, a_mask)
-    targets = reading_targets(questions, model)
+    free_questions, free_answers = [], []
+    if own_slots and asked is not None:
+        pixels, frames, free_questions, free_answers = asked.batch(len(indices) // 2, rng)
+        slots = torch.cat([slots, slots_seen(model, pixels, frames, config.blind).to(device)])
+    # As the query reader does: texts from the whole grammar, read for their structure alone, and some texts
+    # read with each shared word's context taken from a copy that differs in one word, so that a colour–shape
+    # pair never seen together is read word by word.
+    read = questions + [any_question(rng, "train") for _ in range(config.parse_texts)]
+    donors = [question_word_changed(q, rng, "train") if rng.random() < config.parse_splice else None for q in read]
+    spliced = [i for i, d in enumerate(donors) if d is not None]
+    texts = [q.text() for q in questions] + free_questions + [q.text() for q in read[n:]]
+    q_ids, q_mask = model.tokenize(texts + [donors[i].text() for i in spliced])
+    a_ids, a_mask = model.tokenize(answers + free_answers)
+    asked_rows = n + len(free_questions)  # the rows with an answer to write, each with its slots
+    # Reading rows: the generated questions (0 … n), then the grammar's (after the VQAv2 ones).
+    reading_rows = torch.cat([torch.arange(n), torch.arange(asked_rows, len(texts))]).to(device)
+    with torch.set_grad_enabled(config.fresh_core and torch.is_grad_enabled()):
+        tokens, core_balance = model.text_tokens(q_ids, q_mask)
+    if spliced:
+        tokens = splice_contexts(tokens, q_ids, reading_rows[torch.tensor(spliced, device=device)], len(texts))
+    answerer = model.answerer
+    logits = answerer.read(tokens[: len(texts)], q_mask[: len(texts)])
+    evidence = answerer.evidence({k: v[:asked_rows] for k, v in logits.items()}, slots, model.reasoner)
+    answer_loss, answer_balance = model.answer_loss_from_slots(
+        answerer.prefix(evidence), evidence.features, a_ids, a_mask
+    )
+    targets = reading_targets(read, model)
     reading = [
-        F.cross_entropy(logits[k].float(), t.to(device), ignore_index=IGNORE)
+        F.cross_entropy(logits[k][reading_rows].float(), t.to(device), ignore_index=IGNORE)
         for k, t in targets.items()
         if (t != IGNORE).any()
     ]
-    return {
+    losses = {
         "answer": config.vqa_loss_weight * answer_loss,
         "reading": config.parse_loss_weight * torch.stack(reading).mean(),
     }
+    if config.fresh_core:
+        losses["moe"] = core_balance + answer_balance
+    return losses
+
+
+def slots_seen(model: MModalModel, pixels: torch.Tensor, frames: torch.Tensor, blind: bool) -> torch.Tensor:
+    """The model's own slots of normalised pictures (blank ones for the question-only baseline)."""
+    if blind:
+        pixels = torch.zeros_like(pixels)
+    with torch.no_grad():
+        return model.image_slots(pixels.to(model.device), frames.to(model.device)).float()

@@ -33,13 +33,15 @@ class TrainConfig:
     # questions of --data or of VQAv2 files (vqa_questions/annotations/images)
     recipe: str = "slots"
     model: str = "default"  # "default", "tiny" (tests) or "dense" (the default with a dense language core)
-    blind: bool = False  # recipe "vqa" only: answer from the question alone (every image blanked), a baseline
+    blind: bool = False  # recipes "vqa" and "answers": answer from the question alone (no image), a baseline
+    fresh_core: bool = False  # recipe "answers": train a fresh language core of --model's kind along, a baseline
     steps: int = 1200
     batch_size: int | None = None  # 64 for the slots recipe, else 128
     audio_batch_size: int = 32
     lr: float | None = None  # peak learning rate: 1.5e-3 for the slots recipe, else 5e-4
     weight_decay: float = 0.05
     warmup_steps: int = 200
+    keep_slots: bool = False  # recipe "slots": go on training init_from's slot modules instead of fresh ones
     perception_steps: int = 3600  # recipe "slots": detector and crop classifier
     reasoner_steps: int = 1000  # recipe "slots": reasoner and pooler on noisy ground-truth slots
     joint_steps: int = 600  # recipe "slots": reasoner and pooler on the detector's own slots
@@ -47,12 +49,14 @@ class TrainConfig:
     answer_joint_steps: int = 300  # recipe "answers": the same on the detector's own slots
     slot_noise: float = 1.0  # how far ground-truth slots are blurred towards a detector's uncertainty
     parse_loss_weight: float = 1.0  # the query reader's parse targets (kind, phrases, relation, count)
-    parse_texts: int = 64  # recipe "slots": texts per step drawn from the whole grammar, for the parse targets only
+    parse_texts: int = (
+        64  # texts (recipe "answers": questions) a step drawn from the whole grammar, read for their targets alone
+    )
     parse_splice: float = 0.5  # share of those texts read with their words' contexts taken from a one-word variant
     audio_loss_weight: float = 1.0
     vqa_loss_weight: float = 1.0  # prefix language modelling of answers to the spec's questions
     vqa_per_step: int = 64  # question–answer pairs per step (one per image, asked of the image as seen)
-    vqa_questions: str | None = None  # VQAv2 questions JSON (recipe "vqa")
+    vqa_questions: str | None = None  # VQAv2 questions JSON (recipes "vqa" and "answers")
     vqa_annotations: str | None = None  # VQAv2 annotations JSON
     vqa_images: str | None = None  # folder of the VQAv2 images
     init_from: str | None = None  # start from this model folder's weights (modules it lacks start fresh)
@@ -74,6 +78,17 @@ class TrainConfig:
                 setattr(self, name, value)
         if self.final_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"final_dtype must be float32, float16 or bfloat16, got {self.final_dtype!r}")
+        only = {
+            "blind": ("vqa", "answers"),
+            "fresh_core": ("answers",),
+            "keep_slots": ("slots",),
+            "vqa_questions": ("vqa", "answers"),
+            "vqa_annotations": ("vqa", "answers"),
+            "vqa_images": ("vqa", "answers"),
+        }
+        for name, recipes in only.items():
+            if getattr(self, name) and self.recipe not in recipes:
+                raise ValueError(f"{name} goes with the {' or '.join(recipes)} recipe, not {self.recipe!r}")
         if self.recipe == "slots":
             self.steps = self.perception_steps + self.reasoner_steps + self.joint_steps
         if self.recipe == "answers":

@@ -21,7 +21,7 @@ from mmodal.model import MModalModel
 from mmodal.shapes.generate import generate_shapes
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
 from mmodal.training.answer_recipe import (
-    ANSWER_MODULES,
+    answer_modules,
     answer_recipe_losses,
     answer_stage_bounds,
     build_answer_model,
@@ -64,14 +64,20 @@ def tokenizer_corpus(dataset) -> list[str]:
     return texts + [" ".join(words)] * 50
 
 
+def vqa_files(config: TrainConfig):
+    """The VQAv2 files the settings name, read; None when they name none."""
+    if not (config.vqa_questions or config.vqa_annotations or config.vqa_images):
+        return None
+    if not (config.vqa_questions and config.vqa_annotations and config.vqa_images):
+        raise ValueError("VQAv2 data needs all three of --vqa-questions, --vqa-annotations and --vqa-images")
+    return read_vqa(config.vqa_questions, config.vqa_annotations, config.vqa_images)
+
+
 def ensure_dataset(config: TrainConfig):
-    """Reads the training split, generating it first when the folder holds none."""
+    """Reads the training split, generating it first when the folder holds none (the vqa recipe reads VQAv2
+    files instead when given)."""
     if config.recipe == "vqa":
-        if config.vqa_questions or config.vqa_annotations or config.vqa_images:
-            if not (config.vqa_questions and config.vqa_annotations and config.vqa_images):
-                raise ValueError("VQAv2 data needs all three of --vqa-questions, --vqa-annotations and --vqa-images")
-            return read_vqa(config.vqa_questions, config.vqa_annotations, config.vqa_images)
-        return read_dataset(config.data)
+        return vqa_files(config) or read_dataset(config.data)
     folder = Path(config.data)
     if not (folder / "dataset.json").is_file():
         log.info("no training data in %s: generating %d Shapes images", folder, config.n_images)
@@ -222,8 +228,10 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
         freeze_towers(model)
         data = SlotTrainingData(dataset, model.input_size)
     elif config.recipe == "answers":
-        freeze_towers(model, ANSWER_MODULES)
+        freeze_towers(model, answer_modules(config))
         data = SlotTrainingData(dataset, model.input_size)
+        vqa = vqa_files(config)
+        asked = QuestionAnswerData(vqa, model.input_size) if vqa else None
     else:
         data = ShapesTrainingData(dataset, model.config.image.image_size)
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -250,14 +258,14 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     with tqdm(total=config.steps, initial=step, desc=f"train {config.recipe}", unit="step") as bar:
         while step < stop_at:
             if config.recipe == "vqa":
-                pixels, questions, answers = data.batch(config.batch_size, rng)
+                pixels, _, questions, answers = data.batch(config.batch_size, rng)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     losses = answer_losses(model, pixels.to(device), questions, answers, config)
                 samples += len(questions)
             elif config.recipe == "answers":
                 picks = rng.choice(len(data), size=config.batch_size, replace=False)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = answer_recipe_losses(model, data, picks, step, config, rng)
+                    losses = answer_recipe_losses(model, data, picks, step, config, rng, asked)
                 samples += config.batch_size
             elif config.recipe == "slots":
                 mining = stage_of(step, config) != "perception" and config.mine_every

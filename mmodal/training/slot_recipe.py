@@ -58,9 +58,11 @@ def build_slot_model(config: TrainConfig, base: MModalModel | None = None) -> MM
         state = load_file(str(folder / WEIGHTS_FILE))
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     model = MModalModel(shapes_slot_config(base_config), tokenizer)
-    # With no perception stage, a model that already has slots keeps them (and its reasoner and pooler) and
-    # goes on training those; otherwise the slot modules start fresh over the towers.
-    keep_slots = config.perception_steps == 0 and base_config.slots is not None
+    # With no perception stage, or when asked, a model that already has slots keeps them (and its reasoner and
+    # pooler) and goes on training those; otherwise the slot modules start fresh over the towers.
+    if config.keep_slots and base_config.slots is None:
+        raise ValueError(f"--keep-slots: {config.init_from or DEFAULT_MODEL} has no slots to keep; leave it out")
+    keep_slots = (config.keep_slots or config.perception_steps == 0) and base_config.slots is not None
     load_towers(model, state, () if keep_slots else SLOT_MODULES, config.init_from or DEFAULT_MODEL)
     return model
 

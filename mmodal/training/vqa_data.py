@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from encoders.image import normalize_pixels
-from encoders.pixels import letterboxed_array
+from encoders.pixels import letterbox_frame, letterboxed_array
 from mmodal.data.dataset import Dataset, DatasetFormatError
 from mmodal.data.images import ImageSkipped, read_image
 
@@ -24,9 +24,11 @@ class QuestionAnswerData:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def batch(self, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[str], list[str]]:
+    def batch(self, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+        """(pixels (B, 3, S, S) letterboxed and normalised, each picture's frame in its square (B, 4), questions,
+        answers)."""
         picks = rng.choice(len(self.pairs), size=min(size, len(self.pairs)), replace=False)
-        pixels, questions, answers = [], [], []
+        pixels, frames, questions, answers = [], [], [], []
         for p in picks:
             path, question, answer = self.pairs[int(p)]
             try:
@@ -34,6 +36,7 @@ class QuestionAnswerData:
             except ImageSkipped as skipped:
                 raise DatasetFormatError(f"cannot train on {path}: {skipped.reason}") from None
             pixels.append(torch.from_numpy(letterboxed_array(image, self.image_size)))
+            frames.append(letterbox_frame(image.width, image.height))
             questions.append(question)
             answers.append(answer)
-        return normalize_pixels(torch.stack(pixels)), questions, answers
+        return normalize_pixels(torch.stack(pixels)), torch.tensor(frames), questions, answers
