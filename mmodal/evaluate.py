@@ -169,15 +169,19 @@ def _ground_truth_search(model: MModalModel, dataset: Dataset, parses, index_of:
 
 def _detector_metrics(model: MModalModel, dataset: Dataset, slots: torch.Tensor) -> dict:
     """Per object of the scene graphs: found (a slot's centre within half its diameter), and each attribute right
-    among the found; spurious slots per image."""
+    among the found, over all objects and over those of a held-out colour–shape pair; spurious slots per image."""
+    from mmodal.shapes.semantics import HELD_OUT_PAIRS
+
     layout = model.slot_encoder.layout
-    found, spurious, right = 0, 0, defaultdict(int)
-    total = 0
+    spurious = 0
+    found, right, total = defaultdict(int), defaultdict(int), defaultdict(int)
     for record, image_slots in zip(dataset.images, slots):
         present = image_slots[image_slots[:, 0] > 0].float().cpu()
         used: set[int] = set()
         for o in record.scene.objects:
-            total += 1
+            groups = ("", "held_out_") if (o.color, o.shape) in HELD_OUT_PAIRS else ("",)
+            for g in groups:
+                total[g] += 1
             if len(present) == 0:
                 continue
             position = present[:, layout.position]
@@ -187,16 +191,18 @@ def _detector_metrics(model: MModalModel, dataset: Dataset, slots: torch.Tensor)
             if distance[best] > o.d / 2:
                 continue
             used.add(best)
-            found += 1
-            for name, values in layout.attributes.items():
-                right[name] += values[int(present[best, layout.span(name)].argmax())] == getattr(o, name)
+            for g in groups:
+                found[g] += 1
+                for name, values in layout.attributes.items():
+                    right[g + name] += values[int(present[best, layout.span(name)].argmax())] == getattr(o, name)
         spurious += len(present) - len(used)
-    return {
-        "objects": total,
-        "found": round(found / max(1, total), 4),
-        **{name: round(right[name] / max(1, found), 4) for name in layout.attributes},
-        "spurious_per_image": round(spurious / max(1, len(dataset.images)), 4),
-    }
+    metrics = {}
+    for g in sorted(total):
+        metrics[f"{g}objects"] = total[g]
+        metrics[f"{g}found"] = round(found[g] / max(1, total[g]), 4)
+        metrics.update({g + name: round(right[g + name] / max(1, found[g]), 4) for name in layout.attributes})
+    metrics["spurious_per_image"] = round(spurious / max(1, len(dataset.images)), 4)
+    return metrics
 
 
 def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -322,7 +328,7 @@ def format_report(report: dict[str, dict]) -> str:
             )
     if all("detector" in r for r in report.values()):
         for key in first["detector"]:
-            rows.append((f"detector {key}", [f"{r['detector'][key]}" for r in report.values()]))
+            rows.append((f"detector {key}", [f"{r['detector'].get(key, '–')}" for r in report.values()]))
     for kind in first.get("foils", {}):
         for stage in ("embedding", "reranked"):
             values = [r["foils"][kind].get(stage) for r in report.values()]

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from mmodal.data.dataset import read_dataset
 from mmodal.evaluate import average_precision, evaluate, precision_at_10
+from mmodal.shapes.semantics import HELD_OUT_PAIRS
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import ShapesTrainingData
 from mmodal.training.loop import build_model, compute_losses, train
@@ -190,8 +191,12 @@ def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_pa
     assert all(0 <= v["p@10"] <= 1 for v in report["search"]["reranked"].values())
     assert all(0 <= v["p@10"] <= 1 for v in report["search"]["ground_truth_slots"].values())
     assert set(report["search"]["recall_at"]["all"]) == {"10", "50", "100", "200", "500"}
-    assert set(report["detector"]) == {"objects", "found", "color", "shape", "size", "spurious_per_image"}
-    assert report["detector"]["objects"] == sum(len(r.scene.objects) for r in read_dataset(shapes_test_dir).images)
+    per_object = {"objects", "found", "color", "shape", "size"}
+    assert set(report["detector"]) == per_object | {f"held_out_{k}" for k in per_object} | {"spurious_per_image"}
+    scenes = [r.scene for r in read_dataset(shapes_test_dir).images]
+    assert report["detector"]["objects"] == sum(len(s.objects) for s in scenes)
+    held_out = sum((o.color, o.shape) in HELD_OUT_PAIRS for s in scenes for o in s.objects)
+    assert report["detector"]["held_out_objects"] == held_out > 0
     assert set(report["foils"]) == {"color_swap", "relation_swap", "count_change"}
     assert 0 <= report["moe"]["min_share_of_uniform"] <= 1
     if any(q.audio for q in read_dataset(shapes_test_dir).queries):
