@@ -329,3 +329,28 @@ def test_keep_slots_goes_on_from_the_slot_modules_of_init_from(tiny_slots, shape
     )
     assert all(torch.equal(kept[k], saved[k].float()) for k in slot_weights)
     assert not all(torch.equal(fresh[k], saved[k].float()) for k in slot_weights)
+
+
+def test_training_questions_take_the_answers_in_turn_as_far_as_the_scenes_allow():
+    from collections import Counter
+
+    from mmodal.shapes.semantics import COUNT_WORDS
+    from mmodal.shapes.world import count_question, sample_scene
+    from mmodal.training.answer_recipe import draw_questions
+
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng, "train") for _ in range(1400)]
+    for scene in scenes[:200]:
+        for k in range(len(COUNT_WORDS)):
+            q = count_question(scene, k, rng, "train")
+            assert q is None or (q.answer(scene) == COUNT_WORDS[k] and not q.held_out)
+    assert all(count_question(s, len(s.objects), rng, "train") is not None for s in scenes[:200])
+    answers = {}
+    for start in range(0, len(scenes), 64):
+        _, questions, said = draw_questions(scenes[start : start + 64], rng, start)
+        for q, a in zip(questions, said):
+            answers.setdefault(q.type, Counter())[a] += 1
+    for qtype in ("exist", "relation", "size"):
+        assert max(answers[qtype].values()) < 0.6 * sum(answers[qtype].values())
+    counts = answers["count"]
+    assert set(counts) == set(COUNT_WORDS) and counts["one"] < 0.45 * sum(counts.values())

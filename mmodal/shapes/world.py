@@ -256,6 +256,22 @@ def question_of_type(qtype: str, scene: Scene, rng, split: str) -> Question | No
     return Question("query", relation=rels[int(rng.integers(len(rels)))], other=b) if rels else None
 
 
+def count_question(scene: Scene, count: int, rng: np.random.Generator, split: str) -> Question | None:
+    """A count question of the grammar whose answer in ``scene`` is ``count``, or None when the scene has none:
+    the rarer counts (three or four of a kind) are rare among questions drawn at random."""
+    if count == 0:
+        phrase = _random_phrase(rng, split, QUESTION_PHRASES["count"][int(rng.integers(3))])
+        return Question("count", phrase) if not any(phrase.matches(o) for o in scene.objects) else None
+    candidates = []
+    for attributes in QUESTION_PHRASES["count"]:
+        for o in scene.objects:
+            phrase = ObjectPhrase(**{k: getattr(o, k) for k in attributes})
+            right = sum(phrase.matches(other) for other in scene.objects) == count
+            if right and not (split == "train" and phrase.held_out) and phrase not in candidates:
+                candidates.append(phrase)
+    return Question("count", candidates[int(rng.integers(len(candidates)))]) if candidates else None
+
+
 def any_question(rng: np.random.Generator, split: str) -> Question:
     """A question drawn from the whole question grammar, of no scene in particular: every type, relation and
     phrase equally often, legal for ``split``. What a question reader must learn to read."""

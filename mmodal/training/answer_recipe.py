@@ -31,8 +31,8 @@ from encoders.pixels import letterbox_frame
 from fusion.reasoner import ROLES
 from mmodal.config import ModelConfig, dense_text, with_answers
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
-from mmodal.shapes.semantics import QUESTION_TYPES, RELATIONS, Question
-from mmodal.shapes.world import any_question, question_of_type, question_word_changed
+from mmodal.shapes.semantics import COUNT_WORDS, QUESTION_TYPES, RELATIONS, SIZES, Question
+from mmodal.shapes.world import any_question, count_question, question_of_type, question_word_changed
 from mmodal.training.config import TrainConfig
 from mmodal.training.slot_recipe import SlotTrainingData, load_towers, splice_contexts
 from mmodal.training.slots import IGNORE, ground_truth_slots, phrase_targets
@@ -41,6 +41,8 @@ from mmodal.training.vqa_data import QuestionAnswerData
 # What each question type's answer looks at, for drawing it: the subject, both objects of a relation, or the
 # object in the relation to the named one.
 ANSWER_FOCUS = {"relation": "pair", "query": "related"}
+# The types whose answers are drawn in turn, and their answers.
+BALANCED_ANSWERS = {"count": COUNT_WORDS, "exist": ("yes", "no"), "relation": ("yes", "no"), "size": SIZES}
 ANSWER_MODULES = ("answerer.",)
 CORE_MODULES = ("language.",)
 
@@ -98,17 +100,31 @@ def reading_targets(questions: list[Question], model: MModalModel) -> dict[str, 
 
 
 def draw_questions(scenes, rng: np.random.Generator, offset: int) -> tuple[list[int], list[Question], list[str]]:
-    """One askable question per scene where one exists, cycling through the types; (scene rows, questions,
+    """One askable question per scene where one exists, cycling through the types, and for the types whose
+    answers a scene's odds would skew (most counts are "one"), through their answers as far as the scenes
+    allow: of a few questions drawn, the first with the answer wanted is kept. (scene rows, questions,
     answers)."""
     rows, questions, answers = [], [], []
     for i, scene in enumerate(scenes):
-        qtype = QUESTION_TYPES[(offset + i) % len(QUESTION_TYPES)]
-        for _ in range(4):
+        turn = offset + i
+        qtype = QUESTION_TYPES[turn % len(QUESTION_TYPES)]
+        values = BALANCED_ANSWERS.get(qtype)
+        wanted = values[(turn // len(QUESTION_TYPES)) % len(values)] if values else None
+        kept = None
+        for _ in range(8 if wanted else 4):
             q = question_of_type(qtype, scene, rng, "train")
             answer = q.answer(scene) if q is not None else None
-            if answer is not None and not q.held_out:
-                rows.append(i), questions.append(q), answers.append(answer)
+            if answer is None or q.held_out:
+                continue
+            if kept is None or answer == wanted:
+                kept = (q, answer)
+            if wanted is None or answer == wanted:
                 break
+        if qtype == "count" and kept is not None and kept[1] != wanted:
+            q = count_question(scene, COUNT_WORDS.index(wanted), rng, "train")
+            kept = (q, wanted) if q is not None else kept
+        if kept is not None:
+            rows.append(i), questions.append(kept[0]), answers.append(kept[1])
     return rows, questions, answers
 
 
