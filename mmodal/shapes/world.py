@@ -260,7 +260,8 @@ def count_question(scene: Scene, count: int, rng: np.random.Generator, split: st
     """A count question of the grammar whose answer in ``scene`` is ``count``, or None when the scene has none:
     the rarer counts (three or four of a kind) are rare among questions drawn at random."""
     if count == 0:
-        phrase = _random_phrase(rng, split, QUESTION_PHRASES["count"][int(rng.integers(3))])
+        named = [attributes for attributes in QUESTION_PHRASES["count"] if attributes]  # "objects" counts all
+        phrase = _random_phrase(rng, split, named[int(rng.integers(len(named)))])
         return Question("count", phrase) if not any(phrase.matches(o) for o in scene.objects) else None
     candidates = []
     for attributes in QUESTION_PHRASES["count"]:

@@ -34,7 +34,7 @@ from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model
 from mmodal.shapes.semantics import COUNT_WORDS, QUESTION_TYPES, RELATIONS, SIZES, Question
 from mmodal.shapes.world import any_question, count_question, question_of_type, question_word_changed
 from mmodal.training.config import TrainConfig
-from mmodal.training.slot_recipe import SlotTrainingData, load_towers, splice_contexts
+from mmodal.training.slot_recipe import SlotTrainingData, load_towers, slots_seen, splice_contexts
 from mmodal.training.slots import IGNORE, ground_truth_slots, phrase_targets
 from mmodal.training.vqa_data import QuestionAnswerData
 
@@ -151,14 +151,15 @@ def answer_recipe_losses(
     else:
         pixels, scenes = data.pictures.batch(indices, rng)
         frames = torch.tensor([letterbox_frame(s.width, s.height) for s in scenes])
-        slots = slots_seen(model, pixels, frames, config.blind)
+        slots = slots_seen(model, torch.zeros_like(pixels) if config.blind else pixels, frames)
     rows, questions, answers = draw_questions(scenes, rng, step * len(scenes))
     slots = slots.to(device)[rows]
     n = len(questions)
     free_questions, free_answers = [], []
     if own_slots and asked is not None:
         pixels, frames, free_questions, free_answers = asked.batch(len(indices) // 2, rng)
-        slots = torch.cat([slots, slots_seen(model, pixels, frames, config.blind).to(device)])
+        pixels = torch.zeros_like(pixels) if config.blind else pixels  # the question-only baseline sees blanks
+        slots = torch.cat([slots, slots_seen(model, pixels, frames).to(device)])
     # As the query reader does: texts from the whole grammar, read for their structure alone, and some texts
     # read with each shared word's context taken from a copy that differs in one word, so that a colour–shape
     # pair never seen together is read word by word.
@@ -194,11 +195,3 @@ def answer_recipe_losses(
     if config.fresh_core:
         losses["moe"] = core_balance + answer_balance
     return losses
-
-
-def slots_seen(model: MModalModel, pixels: torch.Tensor, frames: torch.Tensor, blind: bool) -> torch.Tensor:
-    """The model's own slots of normalised pictures (blank ones for the question-only baseline)."""
-    if blind:
-        pixels = torch.zeros_like(pixels)
-    with torch.no_grad():
-        return model.image_slots(pixels.to(model.device), frames.to(model.device)).float()

@@ -144,12 +144,7 @@ def slot_losses(
         slots = torch.stack([ground_truth_slots(s, layout, max_slots, rng, config.slot_noise) for s in scenes])
     else:
         pixels, scenes = data.pictures.batch(indices, rng)
-        frames = torch.tensor([letterbox_frame(s.width, s.height) for s in scenes])
-        was_training = model.slot_encoder.training
-        model.slot_encoder.eval()
-        with torch.no_grad():
-            slots = model.image_slots(pixels.to(model.device), frames.to(model.device)).float()
-        model.slot_encoder.train(was_training)
+        slots = slots_seen(model, pixels, torch.tensor([letterbox_frame(s.width, s.height) for s in scenes]))
     return reasoning_losses(model, scenes, slots.to(model.device), rng, config)
 
 
@@ -166,6 +161,17 @@ def splice_contexts(tokens: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
     tokens = tokens.clone()
     tokens[rows] = torch.where(same, tokens[donors], tokens[rows])
     return tokens
+
+
+def slots_seen(model: MModalModel, pixels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """The model's own slots (B, N, F) of normalised pictures and their frames, as it would index them: the
+    slot encoder in evaluation mode, no gradient."""
+    was_training = model.slot_encoder.training
+    model.slot_encoder.eval()
+    with torch.no_grad():
+        slots = model.image_slots(pixels.to(model.device), frames.to(model.device)).float()
+    model.slot_encoder.train(was_training)
+    return slots
 
 
 def reasoning_losses(
