@@ -16,8 +16,8 @@ import gradio as gr
 import numpy as np
 from gradio.data_classes import FileData
 
+from mmodal.data.audio import read_audio
 from mmodal.data.images import ImageSkipped, read_image
-from mmodal.search import read_query_audio
 
 
 def _shown_name(payload: FileData) -> str:
@@ -57,7 +57,7 @@ def audio_upload(**options) -> gr.Audio:
         if payload.path is None:
             raise gr.Error("the recording did not arrive; record or upload it again", print_exception=False)
         try:
-            return read_query_audio(payload.path, shown_as=_shown_name(payload))
+            return read_audio(payload.path, shown_as=_shown_name(payload))
         except (ValueError, OSError) as error:
             raise gr.Error(str(error), print_exception=False) from None
 
