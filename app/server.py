@@ -106,6 +106,9 @@ class Collection:
     def search(self, query: Query, k: int, rerank: bool) -> list[SearchResult]:
         return self.searcher().search(query, k=k, rerank=rerank)
 
+    def listen(self, query: Query):
+        return self.searcher().listen(query)
+
     def add(self, folder: str) -> IndexSummary:
         path = Path(folder).expanduser()
         if not path.exists():
@@ -167,6 +170,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             negative=tuple(t.strip() for t in _text(negative, "'But not'").split(",") if t.strip()),
         )
         try:
+            query, transcript = collection.listen(query)
             results = collection.search(query, k=k, rerank=_flag(rerank, "re-rank"))
         except (ValueError, OSError, IndexProblem) as error:
             raise _user_error(error) from None
@@ -174,7 +178,15 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         # Links the browser follows as the results arrive; absolute, as Gradio passes only those through untouched.
         root = get_root_url(request.request, get_api_call_path(request.request), app.root_path)
         gallery = [(thumbnail_link(root, r.id, r.matched), _result_caption(i, r)) for i, r in enumerate(results, 1)]
-        return gallery, rows, rows
+        if transcript is None:
+            return gallery, rows, rows, gr.update(value="", visible=False), ""
+        doubt = Searcher.doubt(transcript, query)
+        note = f"heard: “{transcript.text}” · confidence {transcript.confidence:.0%}" + (f" · {doubt}" if doubt else "")
+        return gallery, rows, rows, gr.update(value=transcript.text, visible=True), note
+
+    def search_heard(heard, image, negative, k, rerank, request: gr.Request):
+        """The words heard, as the user corrected them, searched as typed text."""
+        return search(heard, image, None, negative, k, rerank, request)
 
     def show_result(rows: list[dict], selected: gr.SelectData):  # Gradio fills it in by its type
         if not rows or not 0 <= selected.index < len(rows):
@@ -248,6 +260,13 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         value=True, label="Re-rank with the slot reasoner (text queries; boxes show what matched)"
                     )
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
+                heard_note = gr.Markdown(elem_id="heard-note")
+                heard_box = gr.Textbox(
+                    label="Heard (correct the words and press Enter to search by them)",
+                    visible=False,
+                    max_length=1000,
+                    elem_id="heard",
+                )
                 gallery = thumbnail_gallery(
                     label="Results", columns=6, height=420, elem_id="results", allow_preview=False
                 )
@@ -304,8 +323,15 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             [search_button.click, query_text.submit],
             search,
             [query_text, query_image, query_audio, negative_text, count, rerank],
-            [gallery, rows_state, results_json],
+            [gallery, rows_state, results_json, heard_box, heard_note],
             api_name="search",
+            concurrency_id="search",
+        )
+        heard_box.submit(
+            search_heard,
+            [heard_box, query_image, negative_text, count, rerank],
+            [gallery, rows_state, results_json, heard_box, heard_note],
+            api_name="search_heard",
             concurrency_id="search",
         )
         # A selection only means something on the page that holds the results, so API clients do not get it.

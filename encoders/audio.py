@@ -1,9 +1,11 @@
-"""The audio tower: waveform → log-mel spectrogram (torchaudio) → convolutional patches → transformer."""
+"""The audio tower: waveform → log-mel spectrogram (torchaudio) → convolutional patches → transformer, and a
+CTC head that spells the time tokens as words of the tower's vocabulary (index 0 is CTC's blank)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
@@ -24,6 +26,7 @@ class AudioEncoderConfig:
     width: int = 128
     num_layers: int = 2
     num_heads: int = 4
+    vocabulary: tuple[str, ...] = ()  # the words the CTC head transcribes; none: the tower only embeds
 
     @property
     def max_frames(self) -> int:
@@ -92,9 +95,27 @@ class AudioEncoder(nn.Module):
         )
         self.transformer = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.width)
+        if config.vocabulary:
+            self.word_head = nn.Linear(config.width, len(config.vocabulary) + 1)
+            # log P(next word | word) over the vocabulary, with index 0 the start and end of a query: the prior
+            # that beam decoding adds to the head's evidence, counted from the training transcripts.
+            size = len(config.vocabulary) + 1
+            self.register_buffer("word_bigram", torch.full((size, size), -float(np.log(size))))
+
+    @property
+    def transcribes(self) -> bool:
+        return bool(self.config.vocabulary)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms (B, T) zero-padded, lengths (B,) in samples → tokens (B, T', C), mask (B, T') of real tokens."""
+        return self.encode_log_mel(self.log_mel(waveforms, lengths), lengths)
+
+    def word_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Time tokens (B, T', C) → CTC log-probabilities (B, T', 1 + vocabulary), blank first."""
+        return self.word_head(tokens).float().log_softmax(-1)
+
+    def log_mel(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T) zero-padded waveforms → log-mel spectrograms (B, n_mels, frames), scaled near [-1, 1]."""
         if waveforms.ndim != 2 or waveforms.shape[0] == 0:
             raise TowerInputError(f"audio tower expects a (B, T) batch of waveforms, got {tuple(waveforms.shape)}")
         if (lengths <= 0).any():
@@ -114,7 +135,10 @@ class AudioEncoder(nn.Module):
         # Whisper's scaling: 80 dB of dynamic range below each clip's peak, mapped near [-1, 1].
         log_mel = torch.log10(mel.clamp_min(1e-10))
         log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
-        log_mel = (log_mel + 4.0) / 4.0
+        return (log_mel + 4.0) / 4.0
+
+    def encode_log_mel(self, log_mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel spectrograms (B, n_mels, frames) of clips ``lengths`` samples long → tokens and their mask."""
         x = self.stem(log_mel).transpose(1, 2)  # (B, T', C)
         n = x.shape[1]
         if n > self.positions.shape[1]:

@@ -117,19 +117,30 @@ def _open_searcher(index_dir: str, model_name: str | None):
 def _search(args: argparse.Namespace) -> int:
     import json
 
-    from mmodal.search import Query, read_query_audio
+    from mmodal.data.audio import read_audio
+    from mmodal.search import Query
 
     query = Query(
         text=args.text,
         image=args.image,
-        audio=read_query_audio(args.audio) if args.audio else None,
+        audio=read_audio(args.audio) if args.audio else None,
         negative=tuple(args.negative or ()),
     )
     searcher = _open_searcher(args.index, args.model)
+    query, transcript = searcher.listen(query)
+    doubt = searcher.doubt(transcript, query)
     results = searcher.search(query, k=args.k, rerank=args.rerank)
+    rows = [r.to_dict() for r in results]
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+        # A spoken query reports what was heard beside the hits; any other query prints the hits alone.
+        heard = None if transcript is None else {**transcript.to_dict(), "searched_by": "sound" if doubt else "words"}
+        out = rows if heard is None else {**heard, "message": doubt, "results": rows}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
+    if transcript is not None:
+        print(f'heard: "{transcript.text}"  (confidence {transcript.confidence:.0%})')
+    if doubt:
+        log.warning("%s", doubt)
     if not results:
         print("no results: the index is empty")
     for rank, r in enumerate(results, 1):
@@ -269,14 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--answer-joint-steps", dest="answer_joint_steps", type=_count, help="answers recipe: own slots stage steps"
     )
+    train.add_argument("--speech-steps", dest="speech_steps", type=_positive_int, help="speech recipe: steps")
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
     train.add_argument("--lr", type=float)
     train.add_argument(
         "--recipe",
-        choices=("slots", "answers", "full", "clip", "vqa"),
+        choices=("slots", "answers", "speech", "full", "clip", "vqa"),
         help="slots (default): object slots and the slot reasoner over the towers of --init-from (default: the "
-        "shipped model); answers: answers from the slots of --init-from; full: the towers; clip: the plain-InfoNCE "
-        "baseline; vqa: answers only, on --data or VQAv2",
+        "shipped model); answers: answers from the slots of --init-from; speech: an audio tower that transcribes "
+        "spoken queries, over --init-from, on the spoken train splits in --data; full: the towers; clip: the "
+        "plain-InfoNCE baseline; vqa: answers only, on --data or VQAv2",
     )
     train.add_argument(
         "--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe answers or vqa)"
@@ -350,7 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text", nargs="?", help='what to look for, e.g. "a red circle left of a blue square"')
     search.add_argument("--index", required=True, help="index folder")
     search.add_argument("--image", help="an example image: find similar ones (combines with text)")
-    search.add_argument("--audio", help="a spoken query (WAV, FLAC or OGG)")
+    search.add_argument(
+        "--audio",
+        help="a spoken query (WAV, MP3, M4A/AAC, OGG/Opus, WebM, FLAC): searched by its transcript when the model "
+        "hears the words, else by its sound",
+    )
     search.add_argument(
         "--not", dest="negative", action="append", metavar="TEXT", help="push results away from this text (repeatable)"
     )

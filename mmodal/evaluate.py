@@ -9,6 +9,7 @@ from collections import defaultdict
 import numpy as np
 import soundfile
 import torch
+import torchaudio
 from PIL import Image
 from tqdm import tqdm
 
@@ -70,9 +71,10 @@ def _text_features(
     return out
 
 
-def _search_metrics(rankings: dict[str, list[np.ndarray]], dataset: Dataset, index_of: dict[str, int]) -> dict:
+def _search_metrics(rankings: list[np.ndarray], dataset: Dataset, index_of: dict[str, int], queries=None) -> dict:
+    """P@10 and mAP per query kind of ``rankings``, one per query of ``queries`` (by default all the dataset's)."""
     per_kind: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"p@10": [], "map": []})
-    for query, ranking in zip(dataset.queries, rankings):
+    for query, ranking in zip(dataset.queries if queries is None else queries, rankings):
         relevant = {index_of[i] for i in query.relevant}
         for kind in [query.kind, "all"] if query.kind else ["all"]:
             per_kind[kind]["p@10"].append(precision_at_10(ranking, relevant))
@@ -112,12 +114,7 @@ def evaluate(
         result["search"]["recall_at"] = _recall_at(embedding_rankings, dataset, index_of)
         result["search"]["rerank_top"] = rerank_top
         parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
-        reranked = []
-        for ranking, parse in tqdm(list(zip(embedding_rankings, parses)), desc="re-rank", unit="query", leave=False):
-            top = ranking[:rerank_top].copy()
-            probability = model.decide(parse, slots[torch.as_tensor(top)]).probability.float().cpu().numpy()
-            order = np.argsort(-probability, kind="stable")  # ties keep the embedding's order
-            reranked.append(np.concatenate([top[order], ranking[rerank_top:]]))
+        reranked = _rerank(model, embedding_rankings, parses, slots, rerank_top)
         result["search"]["reranked"] = _search_metrics(reranked, dataset, index_of)
         if all(r.scene is not None for r in dataset.images):
             result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
@@ -126,7 +123,8 @@ def evaluate(
         result["foils"] = _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size)
     spoken = [q for q in dataset.queries if q.audio]
     if spoken:
-        result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size)
+        typed = dict(zip(texts, reranked if model.has_slots else embedding_rankings))
+        result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, slots, index_of, typed, rerank_top)
     if dataset.questions:
         result["vqa"] = evaluate_vqa(model, dataset, blind=blind)
     if model.config.text.n_routed_experts:
@@ -138,6 +136,17 @@ def evaluate(
             "router_entropy_of_max": round(float(np.mean(entropies)), 4),
         }
     return result
+
+
+def _rerank(model: MModalModel, rankings: list[np.ndarray], parses, slots: torch.Tensor, rerank_top: int):
+    """Each embedding ranking with its top ``rerank_top`` re-ordered by the slot reasoner's reading of its text."""
+    reranked = []
+    for ranking, parse in tqdm(list(zip(rankings, parses)), desc="re-rank", unit="query", leave=False):
+        top = ranking[:rerank_top].copy()
+        probability = model.decide(parse, slots[torch.as_tensor(top)]).probability.float().cpu().numpy()
+        order = np.argsort(-probability, kind="stable")  # ties keep the embedding's order
+        reranked.append(np.concatenate([top[order], ranking[rerank_top:]]))
+    return reranked
 
 
 def _recall_at(rankings: list[np.ndarray], dataset: Dataset, index_of: dict[str, int]) -> dict:
@@ -293,19 +302,57 @@ def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> di
     }
 
 
-def _speech_metrics(model, dataset, spoken, image_emb, index_of, batch_size) -> dict:
-    embeddings = []
-    for chunk in _chunks(spoken, batch_size):
-        clips = [soundfile.read(dataset.root / q.audio, dtype="float32") for q in chunk]
-        embeddings.append(model.encode_audio(clips))
-    similarity = torch.cat(embeddings) @ image_emb.t()
-    p10, ap = [], []
-    for query, row in zip(spoken, similarity):
-        ranking = np.argsort(-row.float().cpu().numpy(), kind="stable")
-        relevant = {index_of[i] for i in query.relevant}
-        p10.append(precision_at_10(ranking, relevant))
-        ap.append(average_precision(ranking, relevant))
-    return {"p@10": round(float(np.mean(p10)), 4), "map": round(float(np.mean(ap)), 4), "n": len(spoken)}
+def _speech_metrics(model, dataset, spoken, image_emb, slots, index_of, typed, rerank_top, batch_size=64) -> dict:
+    """Spoken queries searched as users' are: by the transcript's words when the model hears them clearly (text
+    path, re-ranked), else by the clip's sound; beside them the same queries typed, by sound alone, and the
+    word error rate by noise level."""
+    clips = [soundfile.read(dataset.root / q.audio, dtype="float32") for q in spoken]
+    sound = torch.cat([model.encode_audio(chunk) for chunk in _chunks(clips, batch_size)]) @ image_emb.t()
+    sound_rankings = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in sound]
+    by_sound = _search_metrics(sound_rankings, dataset, index_of, spoken)["all"]
+    result = {"n": len(spoken), "sound": {k: by_sound[k] for k in ("p@10", "map")}}
+    typed_all = _search_metrics([typed[q.text] for q in spoken], dataset, index_of, spoken)["all"]
+    result["typed"] = {k: typed_all[k] for k in ("p@10", "map")}
+    if not model.transcribes:
+        return {**result, "p@10": by_sound["p@10"], "map": by_sound["map"]}
+    chunks = tqdm(list(_chunks(clips, batch_size)), desc="transcribe", unit="batch", leave=False)
+    transcripts = [t for chunk in chunks for t in model.transcribe(chunk)]
+    errors, words = defaultdict(int), defaultdict(int)
+    for query, transcript in zip(spoken, transcripts):
+        truth, heard = query.text.split(), transcript.text.split()
+        for level in ("all", _noise_level(query.voice)):
+            errors[level] += torchaudio.functional.edit_distance(truth, heard)
+            words[level] += len(truth)
+    heard = [i for i, t in enumerate(transcripts) if t.heard]
+    rankings = list(sound_rankings)
+    if heard:
+        texts = [transcripts[i].text for i in heard]
+        similarity = torch.cat([model.encode_text(c) for c in _chunks(texts, batch_size)]) @ image_emb.t()
+        by_words = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in similarity]
+        if model.has_slots:
+            parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
+            by_words = _rerank(model, by_words, parses, slots, rerank_top)
+        for i, ranking in zip(heard, by_words):
+            rankings[i] = ranking
+    spoken_all = _search_metrics(rankings, dataset, index_of, spoken)["all"]
+    confidences = np.array([t.confidence for t in transcripts])
+    return {
+        **result,
+        "p@10": spoken_all["p@10"],
+        "map": spoken_all["map"],
+        "wer": {level: round(errors[level] / words[level], 4) for level in sorted(words)},
+        "words": dict(sorted(words.items())),
+        "heard_share": round(len(heard) / len(spoken), 4),
+        "exact_transcripts": round(float(np.mean([t.text == q.text for q, t in zip(spoken, transcripts)])), 4),
+        "confidence_median": round(float(np.median(confidences)), 4),
+    }
+
+
+def _noise_level(voice: dict | None) -> str:
+    snr = (voice or {}).get("snr_db")
+    if snr is None:
+        return "snr unknown"
+    return "snr < 15 dB" if snr < 15 else "snr 15-22 dB" if snr < 22 else "snr >= 22 dB"
 
 
 def format_report(report: dict[str, dict]) -> str:
@@ -335,6 +382,14 @@ def format_report(report: dict[str, dict]) -> str:
             rows.append((f"foil {kind} {stage}", ["–" if v is None else f"{v:.3f}" for v in values]))
     if "speech" in first:
         rows.append(("speech P@10", [f"{r['speech']['p@10']:.3f}" for r in report.values()]))
+        rows.append(("speech P@10 typed", [f"{r['speech']['typed']['p@10']:.3f}" for r in report.values()]))
+        rows.append(("speech P@10 by sound", [f"{r['speech']['sound']['p@10']:.3f}" for r in report.values()]))
+        rows.append(
+            (
+                "speech WER",
+                [f"{r['speech']['wer']['all']:.4f}" if "wer" in r["speech"] else "-" for r in report.values()],
+            )
+        )
     if "vqa" in first:
         rows.append(("vqa accuracy all", [f"{r['vqa']['all']['accuracy']:.3f}" for r in report.values()]))
         held = [r["vqa"].get("held_out_all", {}).get("accuracy", float("nan")) for r in report.values()]

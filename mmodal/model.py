@@ -26,6 +26,7 @@ from encoders.image import SwinImageEncoder, normalize_pixels, preprocess_image
 from encoders.language import MoEConfig, MoELanguageModel
 from encoders.pixels import letterbox_frame, letterboxed_array
 from encoders.slots import SlotEncoder
+from encoders.transcribe import Transcript, WordDecoder
 from fusion.adapters import Adapter, SlotPooler
 from fusion.answers import AnswerReasoner
 from fusion.early import EarlyFusion
@@ -89,6 +90,7 @@ class MModalModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.source: str | None = None  # the folder or embedded name it was loaded from
+        self._word_decoder: WordDecoder | None = None  # built on the first transcription
         t = config.text
         self.language = MoELanguageModel(
             MoEConfig(
@@ -301,6 +303,24 @@ class MModalModel(nn.Module):
         """(waveform, sample_rate) pairs → (B, D) embeddings."""
         waves, lengths = self.preprocess_audio(clips)
         return self.embed_audio(waves, lengths, normalize=normalize)
+
+    @property
+    def transcribes(self) -> bool:
+        """Whether the audio tower hears words (a CTC head), so spoken queries can take the text path."""
+        return self.audio_tower.transcribes
+
+    @torch.inference_mode()
+    def transcribe(self, clips: Sequence[tuple[np.ndarray | torch.Tensor, int]]) -> list[Transcript]:
+        """(waveform, sample_rate) pairs → what each says, in the audio tower's vocabulary, with confidences."""
+        if not self.transcribes:
+            raise TowerInputError(
+                f"model {self.config.name!r} does not transcribe speech; train one with `mmodal train --recipe speech`"
+            )
+        waves, lengths = self.preprocess_audio(clips)
+        tokens, mask = self.audio_tower(waves, lengths)
+        if self._word_decoder is None:
+            self._word_decoder = WordDecoder(self.config.audio.vocabulary, self.audio_tower.word_bigram)
+        return self._word_decoder(self.audio_tower.word_log_probs(tokens), mask.sum(1))
 
     def require_slots(self) -> None:
         if not self.has_slots:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from encoders.transcribe import Transcript
 from fusion.reasoner import Decision, Parse
 from indexes.collection import Hit, ImageIndex
 from mmodal.data.images import ImageSkipped, read_image
@@ -75,6 +76,34 @@ class Searcher:
         index.manifest.check_model(model_identity(model), index.folder)
         self.model = model
         self.index = index
+
+    def listen(self, query: Query) -> tuple[Query, Transcript | None]:
+        """A spoken query as its words: when the model transcribes and hears the clip clearly, the query with the
+        transcript as its text (and no clip), so it takes the text path with re-ranking; otherwise the query as it
+        was, searched by the clip's sound. The transcript, when there is one, comes back either way."""
+        if query.audio is None or not self.model.transcribes:
+            return query, None
+        transcript = self.model.transcribe([query.audio])[0]
+        if query.text is None and transcript.heard:
+            return replace(query, text=transcript.text, audio=None), transcript
+        return query, transcript
+
+    @staticmethod
+    def doubt(transcript: Transcript | None, query: Query) -> str | None:
+        """What to tell the user about a spoken query that was not searched by its words (None when it was)."""
+        if transcript is None or query.audio is None:
+            return None
+        if query.text is not None and query.text != transcript.text:
+            return "a typed query was given too: the clip adds its sound to it"
+        if not transcript.text:
+            return (
+                "heard no query words in the clip (is it speech, in English?); searched by its sound instead: "
+                "record it again or type the query"
+            )
+        return (
+            f'unsure of what the clip says (heard "{transcript.text}", confidence {transcript.confidence:.0%}); '
+            "searched by its sound instead: check the words, or type them"
+        )
 
     def query_vector(self, query: Query, read: bool = False) -> tuple[np.ndarray, list[Parse]]:
         """The query's embedding and, with ``read``, the reasoner's reading of its text and negative texts (the
@@ -160,25 +189,3 @@ def read_query_image(path: str, image_size: int):
         return read_image(path, draft_size=image_size).image
     except ImageSkipped as skipped:
         raise ValueError(f"cannot use {path} as a query image: {skipped.reason}") from None
-
-
-MAX_CLIP_SECONDS = 60
-
-
-def read_query_audio(path: str, shown_as: str | None = None) -> tuple[np.ndarray, int]:
-    """A voice clip from a sound file (WAV, FLAC, OGG…) as (waveform, sample rate); errors name the file as
-    ``shown_as`` (by default its path)."""
-    import soundfile
-
-    name = shown_as or path
-    try:
-        duration = soundfile.info(path).duration
-        if duration > MAX_CLIP_SECONDS:  # refused before decoding: an hour of audio is gigabytes of samples
-            raise ValueError(f"{name} lasts {duration:.0f} s; a spoken query may last at most {MAX_CLIP_SECONDS} s")
-        waveform, rate = soundfile.read(path, dtype="float32", always_2d=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no audio file at {name}") from None
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        reason = str(error).replace(path, name)
-        raise ValueError(f"cannot read {name} as audio ({reason}); give a WAV, FLAC or OGG file") from None
-    return waveform, rate

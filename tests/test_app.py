@@ -21,15 +21,16 @@ from gradio_client.exceptions import AppError, AuthenticationError
 from PIL import Image
 
 from app.server import Collection, ServeOptions, launch, parse_auth
+from mmodal.data.audio import read_audio
 from mmodal.pipeline import index_collection
-from mmodal.search import Query, read_query_audio
+from mmodal.search import Query
 from mmodal.shapes.generate import generate_shapes
 from reliability.fuzz import call
 from tests.conftest import free_port
 
 
 def search(client: Client, text: str = "", image=None, audio=None, negative: str = "", k: int = 10, rerank=True):
-    gallery, rows = client.predict(text, image, audio, negative, k, rerank, api_name="/search")
+    gallery, rows, _heard, _note = client.predict(text, image, audio, negative, k, rerank, api_name="/search")
     assert len(gallery) == len(rows)
     return gallery, rows
 
@@ -97,7 +98,7 @@ def test_voice_search_ranks_as_the_library_does(served, dataset):
     _, rows = search(client, audio=handle_file(clip), k=10)
     assert len(rows) == 10 and all(row["rerank_score"] is None for row in rows)
     # The browser hands over 16-bit samples; they must rank as the float samples read from the file do.
-    expected = collection.search(Query(audio=read_query_audio(clip)), k=10, rerank=False)
+    expected = collection.search(Query(audio=read_audio(clip)), k=10, rerank=False)
     assert [row["file"] for row in rows] == [r.path for r in expected]
     assert [row["score"] for row in rows] == pytest.approx([r.score for r in expected], abs=2e-3)
 
@@ -194,7 +195,7 @@ def _gallery_links(url: str, text: str, k: int, rerank: bool) -> tuple[list[str]
     with httpx.Client(timeout=60) as http:
         outcome, reply = call(http, url.rstrip("/"), "search", [text, None, None, "", k, rerank])
     assert outcome == "answered", reply
-    gallery, *_, rows = json.loads(reply)  # the page's own state sits between them
+    gallery, _, rows, _heard, _note = json.loads(reply)  # the page's own state sits between them
     return [item["image"]["url"] for item in gallery], rows
 
 

@@ -40,6 +40,13 @@ from mmodal.training.slot_recipe import (
     stage_bounds,
     stage_of,
 )
+from mmodal.training.speech_recipe import (
+    SPEECH_MODULES,
+    SpeechTrainingData,
+    build_speech_model,
+    speech_datasets,
+    speech_losses,
+)
 from mmodal.training.vqa_data import QuestionAnswerData
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,19 @@ def ensure_dataset(config: TrainConfig):
     if config.recipe == "vqa":
         return vqa_files(config) or read_dataset(config.data)
     folder = Path(config.data)
+    if config.recipe == "speech":
+        if not (folder / "dataset.json").is_file() and not any(folder.glob("*/dataset.json")):
+            log.info("no spoken training data in %s: generating %d spoken splits", folder, config.speech_parts)
+            for part in range(config.speech_parts):
+                generate_shapes(
+                    folder / f"part-{part + 1}",
+                    n=400,
+                    seed=config.seed + 2000 + part,
+                    split="train",
+                    with_speech=True,
+                    n_queries=2000,
+                )
+        return speech_datasets(folder)
     if not (folder / "dataset.json").is_file():
         log.info("no training data in %s: generating %d Shapes images", folder, config.n_images)
         speech = config.speech and config.recipe == "full"  # only the towers' recipe trains the audio tower
@@ -189,6 +209,8 @@ def answer_losses(model: MModalModel, pixels: torch.Tensor, questions, answers, 
 
 
 def build_model(config: TrainConfig, dataset) -> MModalModel:
+    if config.recipe == "speech":
+        return build_speech_model(config, dataset.vocabulary, dataset.bigram())
     if config.recipe == "answers":
         return build_answer_model(config)
     if config.recipe == "slots":
@@ -220,13 +242,23 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     checkpoint = find_checkpoint(run) if resume else None
     if resume and checkpoint is None:
         log.warning("no checkpoint in %s: starting from scratch", run)
-    model = MModalModel.from_pretrained(checkpoint, device) if checkpoint else build_model(config, dataset).to(device)
+    speech = SpeechTrainingData(dataset, config.seed) if config.recipe == "speech" else None
+    if checkpoint:
+        model = MModalModel.from_pretrained(checkpoint, device)
+    else:
+        model = build_model(config, speech or dataset).to(device)
+    if speech is not None:
+        model.eval()
+        speech.embed_texts(model)
     model.train()
     if config.recipe == "vqa":
         data = QuestionAnswerData(dataset, model.config.image.image_size)
     elif config.recipe == "slots":
         freeze_towers(model)
         data = SlotTrainingData(dataset, model.input_size)
+    elif config.recipe == "speech":
+        freeze_towers(model, SPEECH_MODULES)
+        data = speech
     elif config.recipe == "answers":
         freeze_towers(model, answer_modules(config))
         data = SlotTrainingData(dataset, model.input_size)
@@ -266,6 +298,10 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                 picks = rng.choice(len(data), size=config.batch_size, replace=False)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     losses = answer_recipe_losses(model, data, picks, step, config, rng, asked)
+                samples += config.batch_size
+            elif config.recipe == "speech":
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = speech_losses(model, data, config.batch_size, rng, config)
                 samples += config.batch_size
             elif config.recipe == "slots":
                 mining = stage_of(step, config) != "perception" and config.mine_every
