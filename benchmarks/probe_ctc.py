@@ -13,6 +13,7 @@ import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
+import torchaudio
 from torch import nn
 
 from encoders.audio import AudioEncoder, AudioEncoderConfig, preprocess_audio
@@ -60,15 +61,6 @@ def log_probs(items):
     return head(tokens).log_softmax(-1), mask.sum(1)
 
 
-def edit_distance(a, b):
-    d = np.arange(len(b) + 1)
-    for i in range(1, len(a) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(b) + 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] != b[j - 1]))
-    return int(d[len(b)])
-
-
 rng = np.random.default_rng(0)
 start, step = time.time(), 0
 encoder.train()
@@ -104,7 +96,7 @@ with torch.no_grad():
                 "snr < 15 dB" if voice["snr_db"] < 15 else "snr 15-22 dB" if voice["snr_db"] < 22 else "snr >= 22 dB"
             )
             for key in ("all", level):
-                errors[key] = errors.get(key, 0) + edit_distance(truth, heard)
+                errors[key] = errors.get(key, 0) + torchaudio.functional.edit_distance(truth, heard)
                 total[key] = total.get(key, 0) + len(truth)
 for key in sorted(total):
     print(f"WER {key}: {errors[key] / total[key]:.4f} ({total[key]} words)", flush=True)
