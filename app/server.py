@@ -181,7 +181,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         if transcript is None:
             return gallery, rows, rows, gr.update(value="", visible=False), ""
         doubt = Searcher.doubt(transcript, query)
-        note = f"heard: “{transcript.text}” · confidence {transcript.confidence:.0%}" + (f" · {doubt}" if doubt else "")
+        note = transcript.summary() + (f" · {doubt}" if doubt else "")
         return gallery, rows, rows, gr.update(value=transcript.text, visible=True), note
 
     def search_heard(heard, image, negative, k, rerank, request: gr.Request):

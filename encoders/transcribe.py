@@ -33,6 +33,10 @@ class Transcript:
         """Whether the clip said words of the vocabulary clearly enough to search by them."""
         return bool(self.text) and self.confidence >= MIN_CONFIDENCE
 
+    def summary(self) -> str:
+        """One line for people: what was heard and how sure."""
+        return f'heard: "{self.text}" (confidence {self.confidence:.0%})'
+
     def to_dict(self) -> dict:
         return {
             "transcript": self.text,

@@ -138,7 +138,7 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     if transcript is not None:
-        print(f'heard: "{transcript.text}"  (confidence {transcript.confidence:.0%})')
+        print(transcript.summary())
     if doubt:
         log.warning("%s", doubt)
     if not results:
