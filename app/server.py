@@ -31,11 +31,12 @@ from app.settings import (
 from app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
 from indexes.collection import ImageIndex
 from indexes.errors import IndexBusyError, IndexProblem
-from indexes.manifest import MANIFEST_FILE, Manifest
+from indexes.manifest import MANIFEST_FILE
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.explain import answer_picture
-from mmodal.model import DEFAULT_MODEL, MModalModel
-from mmodal.pipeline import IndexSummary, index_collection, model_identity
+from mmodal.loading import EMBEDDED_NAMES, index_model_name, load_model
+from mmodal.pipeline import IndexSummary, index_collection
+from mmodal.retrieval import RetrievalModel
 from mmodal.search import Query, Searcher, SearchResult
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def parse_auth(text: str) -> tuple[tuple[str, str], ...]:
 class Collection:
     """The model and the index the app serves; the index is reopened after each indexing run."""
 
-    def __init__(self, index_dir: str | os.PathLike, model: MModalModel):
+    def __init__(self, index_dir: str | os.PathLike, model: RetrievalModel):
         self.index_dir = Path(index_dir).resolve()
         self.model = model
         self._searcher: Searcher | None = None
@@ -77,16 +78,26 @@ class Collection:
         self._indexing = threading.Lock()
         if not (self.index_dir / MANIFEST_FILE).is_file():
             # An empty index, so the app starts and folders can be added from the Index tab.
-            ImageIndex.open_for_writing(self.index_dir, model_identity(model), model_source=model.source or "").close()
+            ImageIndex.open_for_writing(self.index_dir, model.identity, model_source=model.source or "").close()
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, model_name: str | None = None) -> Collection:
         """The index's own model unless one is named."""
-        folder = Path(index_dir)
-        if model_name is None and (folder / MANIFEST_FILE).is_file():
-            manifest = Manifest.load(folder)
-            model_name = manifest.model_source or manifest.model.name
-        return cls(folder, MModalModel.from_pretrained(model_name or DEFAULT_MODEL))
+        return cls(index_dir, load_model(model_name or index_model_name(index_dir)))
+
+    def use_model(self, name: str) -> None:
+        """Another model for an index that holds no image yet (the Index tab's model choice)."""
+        if name == self.model.source:
+            return
+        if not self._indexing.acquire(blocking=False):
+            raise IndexBusyError("the index is being updated; wait for that run to finish")
+        try:
+            model = load_model(name)
+            ImageIndex.remodel_empty(self.index_dir, model.identity, model_source=model.source or "")
+            with self._swap:
+                self.model, self._searcher = model, None
+        finally:
+            self._indexing.release()
 
     def searcher(self) -> Searcher:
         with self._swap:
@@ -212,6 +223,8 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             answer = collection.model.ask([picture], [question], alternatives=alternatives)[0]
         except ValueError as error:
             raise _user_error(error) from None
+        if answer.note:
+            gr.Warning(answer.note)
         choices = {answer.answer: answer.confidence} | {a: c for a, c in answer.alternatives}
         return answer.answer, round(answer.confidence, 4), choices, answer_picture(picture, answer)
 
@@ -230,6 +243,18 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             raise _user_error(error) from None
         allow_serving(app, collection)
         return summary.format(), collection.stats()
+
+    def choose_model(name):
+        if not allow_indexing:
+            raise gr.Error("changing the index from the web is turned off on this server", print_exception=False)
+        name = _text(name, "the model").strip()
+        if not name:
+            raise gr.Error("name a model: shapes, photos, clip:PATH or a model folder", print_exception=False)
+        try:
+            collection.use_model(name)
+        except (ValueError, OSError, IndexProblem) as error:
+            raise _user_error(error) from None
+        return collection.stats()
 
     def stats():
         try:
@@ -306,6 +331,16 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         heat_map = gr.Image(label="Where the answer came from", interactive=False)
 
             with gr.Tab("Index", id="index"):
+                current = collection.model.source or collection.model.model_name
+                model_choice = gr.Dropdown(
+                    choices=list(dict.fromkeys([*EMBEDDED_NAMES, current])),
+                    value=current,
+                    allow_custom_value=True,
+                    label="Model of this index (chosen while it is empty): shapes for the Shapes world, photos for "
+                    "real photos, or clip:PATH, swin:PATH, a model folder",
+                    elem_id="model-choice",
+                    visible=allow_indexing,
+                )
                 folder = gr.Textbox(
                     label="Folder on the server to add",
                     placeholder="/home/me/Pictures",
@@ -359,6 +394,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                 concurrency_id="answer",
                 concurrency_limit=1,
             )
+        model_choice.input(choose_model, [model_choice], [index_stats], api_name="choose_model", concurrency_id="index")
         add_button.click(add_folder, [folder], [summary, index_stats], api_name="add_folder", concurrency_id="index")
         refresh.click(stats, None, [index_stats], api_name="stats")
         app.load(stats, None, [index_stats], api_name="stats_on_load")

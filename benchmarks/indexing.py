@@ -69,14 +69,13 @@ def decode_rate(paths: list[str], image_size: int) -> float:
 def forward_rate(model, n: int, batch_size: int) -> float:
     import torch
 
-    from encoders.image import normalize_pixels
-
     size = model.input_size
     batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
-    model.encode_image(normalize_pixels(batch))
+    frames = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(batch_size, -1)
+    model.encode_pixels(batch, frames)
     start = time.perf_counter()
     for _ in range(max(1, n // batch_size)):
-        model.encode_image(normalize_pixels(batch))
+        model.encode_pixels(batch, frames)
     return max(1, n // batch_size) * batch_size / (time.perf_counter() - start)
 
 
@@ -137,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="images in the collection")
     parser.add_argument("--collection", default=None, help="folder of images (default: data/bench-N)")
-    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--model", default="shapes", help="any --model name of `mmodal index` (photos, clip:PATH, …)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--naive", type=int, default=300, help="images for the naive loop")
     parser.add_argument("--skip-naive", action="store_true")
@@ -150,9 +149,9 @@ def main() -> None:
 
     import torch
 
-    from mmodal.model import MModalModel
+    from mmodal.loading import load_model
 
-    model = MModalModel.from_pretrained(args.model)
+    model = load_model(args.model)
     size = model.input_size
     report = {"images": len(paths), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     # The machine's speed drifts: each repeat measures the three parts back to back, and the report gives

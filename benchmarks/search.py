@@ -23,7 +23,6 @@ import numpy as np
 from indexes.collection import ImageIndex
 from indexes.metadata import NewItem
 from mmodal.model import MModalModel
-from mmodal.pipeline import model_identity
 from mmodal.search import RERANK_TOP, Query, Searcher
 from mmodal.shapes.world import sample_scene
 from mmodal.training.slots import ground_truth_slots
@@ -62,7 +61,7 @@ def fill(index: ImageIndex, n: int, dim: int, centres: np.ndarray, slots: list, 
 
 
 def run(size: int, model: MModalModel, queries: int, rng: np.random.Generator) -> dict:
-    identity = model_identity(model)
+    identity = model.identity
     dim = identity.dim
     centres = rng.standard_normal((2000, dim)).astype(np.float32)
     folder = Path(tempfile.mkdtemp(prefix="mmodal-bench-search-"))

@@ -25,7 +25,13 @@ import faiss
 import numpy as np
 
 from indexes import vectors
-from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ManifestDamagedError
+from indexes.errors import (
+    IndexBusyError,
+    IndexCorruptedError,
+    IndexNotFoundError,
+    ManifestDamagedError,
+    ModelMismatchError,
+)
 from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity, file_checksum
 from indexes.metadata import METADATA_FILE, ItemInfo, MetadataStore
 
@@ -146,6 +152,22 @@ class ImageIndex:
             raise
         _WRITING.add(folder.resolve())
         return cls(folder, manifest, store, index, lock)
+
+    @classmethod
+    def remodel_empty(cls, folder: str | os.PathLike, model: ModelIdentity, model_source: str = "") -> None:
+        """Gives an index that holds no image another model: its files go and it starts afresh. Refused when it
+        holds images, whose vectors only the model that made them can search."""
+        folder = Path(folder)
+        with cls.open_for_writing(folder, recorded_model(folder).model) as index:
+            held = index.count() + index.store.file_count()
+            if held:
+                raise ModelMismatchError(
+                    f"{folder} holds {held} images embedded by model {index.manifest.model.name!r}; another model "
+                    "needs another index folder"
+                )
+        for name in (MANIFEST_FILE, INDEX_FILE, METADATA_FILE, f"{METADATA_FILE}-wal", f"{METADATA_FILE}-shm"):
+            (folder / name).unlink(missing_ok=True)
+        cls.open_for_writing(folder, model, model_source=model_source).close()
 
     @classmethod
     def open(cls, folder: str | os.PathLike, model: ModelIdentity | None = None) -> ImageIndex:

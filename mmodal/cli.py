@@ -85,10 +85,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     import json
 
-    from mmodal.model import DEFAULT_MODEL, MModalModel
+    from mmodal.loading import index_model_name, load_model
     from mmodal.pipeline import index_collection
 
-    model = MModalModel.from_pretrained(args.model or _index_model_source(args.index) or DEFAULT_MODEL)
+    model = load_model(args.model or index_model_name(args.index), allow_download=args.allow_download)
     summary = index_collection(
         model, args.paths, args.index, batch_size=args.batch_size, workers=args.workers, factory=args.factory
     )
@@ -96,21 +96,11 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _index_model_source(index_dir: str) -> str | None:
-    """The model an existing index was built with, so extending it needs no --model."""
-    from indexes.collection import recorded_model
-
-    manifest = recorded_model(index_dir)
-    return None if manifest is None else manifest.model_source or manifest.model.name
-
-
-def _open_searcher(index_dir: str, model_name: str | None):
-    from indexes.collection import ImageIndex
-    from mmodal.model import MModalModel
+def _open_searcher(args: argparse.Namespace):
+    from mmodal.loading import open_index
     from mmodal.search import Searcher
 
-    index = ImageIndex.open(index_dir)
-    model = MModalModel.from_pretrained(model_name or index.manifest.model_source or index.manifest.model.name)
+    index, model = open_index(args.index, args.model, allow_download=args.allow_download)
     return Searcher(model, index)
 
 
@@ -126,7 +116,7 @@ def _search(args: argparse.Namespace) -> int:
         audio=read_audio(args.audio) if args.audio else None,
         negative=tuple(args.negative or ()),
     )
-    searcher = _open_searcher(args.index, args.model)
+    searcher = _open_searcher(args)
     query, transcript = searcher.listen(query)
     doubt = searcher.doubt(transcript, query)
     results = searcher.search(query, k=args.k, rerank=args.rerank)
@@ -154,13 +144,13 @@ def _ask(args: argparse.Namespace) -> int:
 
     from mmodal.data.images import ImageSkipped, read_image
     from mmodal.explain import save_answer_picture
-    from mmodal.model import DEFAULT_MODEL, MModalModel
+    from mmodal.loading import load_model
 
     try:
         image = read_image(args.image).image
     except ImageSkipped as skipped:
         raise ValueError(f"cannot answer about {args.image}: {skipped.reason}") from None
-    model = MModalModel.from_pretrained(args.model or DEFAULT_MODEL)
+    model = load_model(args.model, allow_download=args.allow_download)
     answer = model.ask([image], [args.question], alternatives=args.alternatives)[0]
     if args.explain:
         save_answer_picture(image, answer, args.explain)
@@ -171,6 +161,8 @@ def _ask(args: argparse.Namespace) -> int:
         print(
             f"{answer.answer}  (confidence {answer.confidence:.0%})" + (f"; other answers: {others}" if others else "")
         )
+        if answer.note:
+            log.warning("%s", answer.note)
     if args.explain:
         print(f"answer map written to {args.explain}", file=sys.stderr)
     return 0
@@ -350,13 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="add the images under folders to an index (resumable)")
     index.add_argument("paths", nargs="*", help="folders or image files (default: the folders indexed before)")
     index.add_argument("--index", required=True, help="index folder (created when missing)")
-    index.add_argument("--model", help="model folder or embedded model name (default: the index's model, else shapes)")
+    index.add_argument(
+        "--model",
+        help="shapes (default; the Shapes world), photos (real photos, offline), clip:PATH or clip:HUB_NAME (a CLIP "
+        "or SigLIP model), swin:PATH (a timm classifier), or a model folder; default for an existing index: its model",
+    )
     index.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=64)
     index.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: one per core)")
     index.add_argument(
         "--factory", help="FAISS factory string, e.g. Flat, HNSW32,Flat or IVF1024,PQ16 (default: chosen by size)"
     )
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    index.add_argument(
+        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
+    )
     index.set_defaults(handler=_index)
 
     search = commands.add_parser("search", help="search an index by text, example image or voice")
@@ -373,17 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     search.add_argument("--no-rerank", dest="rerank", action="store_false", help="rank by embedding similarity only")
-    search.add_argument("--model", help="model folder (default: the model that built the index)")
+    search.add_argument("--model", help="model name or folder (default: the model that built the index)")
     search.add_argument("--json", action="store_true", help='print [{"path", "score", ...}] as JSON')
+    search.add_argument(
+        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
+    )
     search.set_defaults(handler=_search)
 
     ask = commands.add_parser("ask", help="answer a question about an image")
     ask.add_argument("image", help="image file")
     ask.add_argument("question", help='e.g. "what color is the large star?"')
-    ask.add_argument("--model", help="model folder or embedded model name (default: shapes)")
+    ask.add_argument("--model", help="model name or folder (default: shapes; photos only says what a photo shows)")
     ask.add_argument("--alternatives", type=int, default=3, help="other answers to list (default 3)")
     ask.add_argument("--explain", metavar="OUT.png", help="write the answer map: where the question looked")
     ask.add_argument("--json", action="store_true", help='print {"answer", "confidence", "alternatives"}')
+    ask.add_argument(
+        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
+    )
     ask.set_defaults(handler=_ask)
 
     dedup = commands.add_parser("dedup", help="list groups of near-duplicate images in an index")

@@ -34,6 +34,7 @@ from fusion.reasoner import Decision, Parse, SlotReasoner
 from fusion.vqa import AnswerPrefix
 from mmodal.config import ModelConfig
 from mmodal.fileio import default_file_mode
+from mmodal.retrieval import RetrievalModel
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Answer:
     # from slots; for one with them, the objects it looked at (cx, cy, d as fractions of the picture, weight).
     attention: np.ndarray | None = None
     looked_at: list[dict] = field(default_factory=list)
+    note: str | None = None  # what the model cannot answer, for a model that answers only some questions
 
     def to_dict(self) -> dict:
         out = {
@@ -79,10 +81,12 @@ class Answer:
         }
         if self.looked_at:
             out["looked_at"] = self.looked_at
+        if self.note:
+            out["note"] = self.note
         return out
 
 
-class MModalModel(nn.Module):
+class MModalModel(nn.Module, RetrievalModel):
     """Search and matching over images, texts and speech in one shared, L2-normalised space."""
 
     def __init__(self, config: ModelConfig, tokenizer: PreTrainedTokenizerFast):
@@ -127,6 +131,14 @@ class MModalModel(nn.Module):
             self.answerer = AnswerReasoner(
                 config.answers, config.reasoner, t.hidden_size, t.hidden_size, len(tokenizer)
             )
+
+    @property
+    def model_name(self) -> str:
+        return self.config.name
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.fusion.embed_dim
 
     @property
     def has_slots(self) -> bool:
@@ -279,6 +291,10 @@ class MModalModel(nn.Module):
             return embeddings, embeddings.new_zeros(len(pixels), 0, 0)
         slots = self.image_slots(pixels, frames)
         return self.slot_pooler(slots, normalize=normalize), slots
+
+    def encode_pixels(self, pixels: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        vectors, slots = self.encode_image_slots(normalize_pixels(pixels), frames.to(self.device))
+        return vectors.float().cpu().numpy(), slots.float().cpu().numpy() if self.has_slots else None
 
     def encode_image(
         self,

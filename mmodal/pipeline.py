@@ -8,7 +8,6 @@ unchanged and goes on with the rest. The FAISS file is brought level with the st
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -20,14 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.image import normalize_pixels
 from encoders.pixels import letterbox_frame
 from indexes.collection import ImageIndex
-from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
-from mmodal.model import MModalModel
+from mmodal.retrieval import RetrievalModel
 from mmodal.workers import worker_pool
 
 log = logging.getLogger(__name__)
@@ -73,27 +70,13 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-def model_identity(model: MModalModel) -> ModelIdentity:
-    """Name, a hash of every weight and the embedding size: what an index must agree with."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return ModelIdentity(
-        name=model.config.name,
-        weights_hash=digest.hexdigest(),
-        dim=model.config.fusion.embed_dim,
-        slot_dim=model.slot_dim,
-    )
-
-
 def default_workers() -> int:
     """Decoding workers: one per core; they sleep while the encoder runs, and a deep queue keeps it fed."""
     return os.cpu_count() or 1
 
 
 def index_collection(
-    model: MModalModel,
+    model: RetrievalModel,
     roots: Iterable[str | os.PathLike],
     index_dir: str | os.PathLike,
     *,
@@ -109,8 +92,9 @@ def index_collection(
     """
     started = time.perf_counter()
     summary = IndexSummary()
-    identity = model_identity(model)
-    with ImageIndex.open_for_writing(index_dir, identity, factory=factory, model_source=model.source or "") as index:
+    with ImageIndex.open_for_writing(
+        index_dir, model.identity, factory=factory, model_source=model.source or ""
+    ) as index:
         roots = [os.path.abspath(os.fspath(r)) for r in roots] or index.store.roots()
         if not roots:
             raise ValueError(f"{index_dir} has no indexed folders yet; name the folders or files to index")
@@ -153,7 +137,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _encode_files(
-    model: MModalModel,
+    model: RetrievalModel,
     index: ImageIndex,
     paths: list[str],
     summary: IndexSummary,
@@ -172,10 +156,9 @@ def _encode_files(
     def flush() -> None:
         new_items: list[NewItem] = []
         if to_encode:
-            pixels = normalize_pixels(torch.from_numpy(np.stack([d.pixels for d in to_encode])))
+            pixels = torch.from_numpy(np.stack([d.pixels for d in to_encode]))
             frames = torch.tensor([letterbox_frame(d.width, d.height) for d in to_encode])
-            vectors, slots = model.encode_image_slots(pixels, frames)
-            vectors, slots = vectors.float().cpu().numpy(), slots.float().cpu().numpy()
+            vectors, slots = model.encode_pixels(pixels, frames)
             new_items = [
                 NewItem(
                     d.path,
@@ -186,9 +169,9 @@ def _encode_files(
                     d.height,
                     d.format,
                     v,
-                    s[s[:, 0] > 0] if model.has_slots else None,
+                    None if slots is None else s[s[:, 0] > 0],
                 )
-                for d, v, s in zip(to_encode, vectors, slots)
+                for d, v, s in zip(to_encode, vectors, slots if slots is not None else [None] * len(vectors))
             ]
         new_ids = index.store.write_batch(
             new_items, relinked, [(s.path, s.reason, s.size, s.mtime_ns) for s in skipped]

@@ -20,7 +20,6 @@ from fusion.reasoner import Decision, Parse
 from indexes.collection import Hit, ImageIndex
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.model import MModalModel
-from mmodal.pipeline import model_identity
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class Searcher:
     """A model and an index that agree with each other."""
 
     def __init__(self, model: MModalModel, index: ImageIndex):
-        index.manifest.check_model(model_identity(model), index.folder)
+        index.manifest.check_model(model.identity, index.folder)
         self.model = model
         self.index = index
 

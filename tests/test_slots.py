@@ -192,13 +192,13 @@ def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir,
 
     from indexes.collection import ImageIndex
     from mmodal.data.dataset import read_dataset
-    from mmodal.pipeline import index_collection, model_identity
+    from mmodal.pipeline import index_collection
 
     model = tiny_slot_model.eval()
     dataset = read_dataset(shapes_test_dir)
     summary = index_collection(model, [dataset.root / "images"], tmp_path / "index", workers=1, show_progress=False)
     assert summary.indexed == len(dataset.images)
-    index = ImageIndex.open(tmp_path / "index", model_identity(model))
+    index = ImageIndex.open(tmp_path / "index", model.identity)
     assert index.manifest.model.slot_dim == model.slot_dim == SlotLayout(ATTRIBUTES).width
     record = dataset.images[3]
     path = str((dataset.root / record.file).resolve())

@@ -1,0 +1,34 @@
+"""ConSE (Norouzi et al., 2014, "Zero-shot learning by convex combination of semantic embeddings"): an image's
+embedding is the probability-weighted mean of the text embeddings of its top-k classes, so that a classifier's
+images and a sentence encoder's texts meet in the sentence encoder's space."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# How each class is described to the sentence encoder: its synonyms, each in these prompts, averaged.
+CLASS_PROMPTS = ("a photo of a {}.", "a {}.", "a picture of a {}.", "{}")
+
+
+def class_texts(synonyms: str, prompts: tuple[str, ...] = CLASS_PROMPTS) -> list[str]:
+    """'tabby, tabby cat' → every prompt with every synonym."""
+    names = [s.strip() for s in synonyms.split(",") if s.strip()] or [synonyms]
+    return [prompt.format(name) for name in names for prompt in prompts]
+
+
+class ConSEBridge(nn.Module):
+    """Class logits (B, C) → L2-normalised convex combinations of the class embeddings (B, D)."""
+
+    def __init__(self, num_classes: int, dim: int, top_k: int):
+        super().__init__()
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.top_k = min(top_k, num_classes)
+        self.register_buffer("class_embeddings", torch.zeros(num_classes, dim))  # (C, D), L2-normalised rows
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        probabilities, classes = logits.float().softmax(-1).topk(self.top_k, dim=-1)  # (B, k)
+        weights = probabilities / probabilities.sum(-1, keepdim=True)
+        mixed = (weights.unsqueeze(-1) * self.class_embeddings[classes]).sum(1)
+        return nn.functional.normalize(mixed, dim=-1)

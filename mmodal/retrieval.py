@@ -1,0 +1,90 @@
+"""The one interface every model offers to indexing, search and the web app, and the identity an index keeps.
+
+``MModalModel`` (the Shapes architecture) and the models built on pretrained weights (``mmodal.pretrained``:
+the embedded ``photos`` model, CLIP and SigLIP folders, timm Swin classifiers) all implement it, so that
+``mmodal index``, every search mode, the manifest and the web app treat them alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+import torch
+from PIL import Image
+
+from encoders.errors import TowerInputError
+from indexes.manifest import ModelIdentity
+
+
+class UnsupportedQueryError(TowerInputError):
+    """The model cannot take this kind of query (e.g. a voice clip for an image–text model)."""
+
+
+def weights_hash(module: torch.nn.Module, settings: bytes = b"") -> str:
+    """A hash of every tensor in ``module``'s state, by name, and of the ``settings`` that change its vectors:
+    two models agree when both do."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(settings)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RetrievalModel:
+    """Images and texts (and, where the model hears, voice clips) in one L2-normalised space.
+
+    Indexing decodes each file to letterboxed uint8 pixels at ``input_size`` (``encoders.pixels``) and calls
+    ``encode_pixels``; search embeds its query with ``encode_text``, ``encode_image`` and ``encode_audio``.
+    Models with object slots (``has_slots``) also re-rank and answer from them; the others say what they can do.
+    """
+
+    source: str | None = None  # what loads the model again: an embedded name, a folder, or "clip:PATH"…
+    has_slots = False
+    slot_dim = 0
+    transcribes = False
+    vector_settings = b""  # settings besides the weights that change the vectors (input size, bridge, prompts)
+
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def embed_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """Side of the letterboxed square that ``encode_pixels`` reads."""
+        raise NotImplementedError
+
+    @cached_property
+    def identity(self) -> ModelIdentity:
+        """Name, a hash of every weight and the embedding size: what an index must agree with (hashed once)."""
+        return ModelIdentity(
+            name=self.model_name,
+            weights_hash=weights_hash(self, self.vector_settings),
+            dim=self.embed_dim,
+            slot_dim=self.slot_dim,
+        )
+
+    def encode_pixels(self, pixels: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Letterboxed uint8 pixels (B, 3, S, S) and each picture's frame in its square (B, 4) → float32
+        embeddings (B, D) and, for a model with slots, the slots (B, N, slot_dim) with absent rows zero."""
+        raise NotImplementedError
+
+    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images → (B, D) embeddings."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts → (B, D) embeddings."""
+        raise NotImplementedError
+
+    def encode_audio(self, clips) -> torch.Tensor:
+        raise UnsupportedQueryError(
+            f"model {self.model_name!r} does not take voice queries; search by text or image, or use the `shapes` model"
+        )
