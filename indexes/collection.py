@@ -159,7 +159,7 @@ class ImageIndex:
         holds images, whose vectors only the model that made them can search."""
         folder = Path(folder)
         with cls.open_for_writing(folder, recorded_model(folder).model) as index:
-            held = index.count() + index.store.file_count()
+            held = index.count()
             if held:
                 raise ModelMismatchError(
                     f"{folder} holds {held} images embedded by model {index.manifest.model.name!r}; another model "
@@ -256,6 +256,13 @@ class ImageIndex:
             [Hit(items[i], float(s)) for s, i in zip(row_scores, row_ids.tolist()) if i in items and items[i].paths]
             for row_scores, row_ids in zip(scores, ids)
         ]
+
+    def vectors_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of the given images, by id (ids not in the index are left out)."""
+        found = {}
+        for part_ids, part_vectors in self.store.vectors([int(i) for i in ids]):
+            found.update(zip(part_ids.tolist(), part_vectors))
+        return found
 
     def path_of(self, item_id: int) -> str | None:
         """The first path of an indexed image, or None when no image has that id."""

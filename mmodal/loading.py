@@ -31,7 +31,7 @@ from mmodal.pretrained import CONFIG_FILE, CONSE_KIND, ClipModel, ConSEConfig, C
 log = logging.getLogger(__name__)
 
 PHOTOS_MODEL = "photos"
-PHOTOS_BUILD = 2  # raised whenever the photos model's assembly changes, so that it is assembled again
+PHOTOS_BUILD = 4  # raised whenever the photos model's assembly changes, so that it is assembled again
 PREFIXES = ("clip:", "swin:")
 EMBEDDED_NAMES = (DEFAULT_MODEL, PHOTOS_MODEL)
 

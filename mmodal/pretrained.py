@@ -54,11 +54,13 @@ class ConSEConfig:
     model_args: dict = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)  # synonyms of each class, comma-separated
     # Tuned on photos from other packages than the test's (BENCHMARKS.md, "Real photos"): 224 px over 192,
-    # the five likeliest classes, and queries worded like the class prompts.
+    # the five likeliest classes at temperature 2, and queries worded like the class prompts.
     image_size: int = 224
     mean: tuple[float, float, float] = TF_INPUT_MEAN
     std: tuple[float, float, float] = TF_INPUT_STD
     top_k: int = 5
+    temperature: float = 2.0
+    hubness_weight: float = 0.5  # text searches rank by cosine minus this much of each image's hubness
     prompts: tuple[str, ...] = CLASS_PROMPTS
     query_prompt: str = "a photo of {}."
     text: dict = field(default_factory=dict)  # the sentence encoder's transformers config
@@ -96,7 +98,7 @@ class ConSEModel(nn.Module, RetrievalModel):
         self.config = config
         self.classifier = create_classifier(config.architecture, len(config.class_names), config.model_args)
         self.text = SentenceEncoder(config.text, tokenizer)
-        self.bridge = ConSEBridge(len(config.class_names), self.text.width, config.top_k)
+        self.bridge = ConSEBridge(len(config.class_names), self.text.width, config.top_k, config.temperature)
         self.source = None
         self._traced: torch.jit.ScriptModule | None = None
 
@@ -142,6 +144,13 @@ class ConSEModel(nn.Module, RetrievalModel):
     def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels, frames = _letterboxed(images, self.input_size)
         return torch.from_numpy(self.encode_pixels(pixels, frames)[0])
+
+    @torch.inference_mode()
+    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray | None:
+        if not self.config.hubness_weight:
+            return None
+        hubness = self.bridge.hubness(torch.from_numpy(vectors).to(self.device)).cpu().numpy()
+        return scores - self.config.hubness_weight * hubness
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -84,6 +84,11 @@ class RetrievalModel:
         """Texts → (B, D) embeddings."""
         raise NotImplementedError
 
+    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray | None:
+        """Scores for a text query's candidates (K,), given their cosine ``scores`` and stored ``vectors`` (K, D),
+        when the model corrects the cosine (None: rank by it)."""
+        return None
+
     def encode_audio(self, clips) -> torch.Tensor:
         raise UnsupportedQueryError(
             f"model {self.model_name!r} does not take voice queries; search by text or image, or use the `shapes` model"

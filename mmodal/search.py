@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Candidates the reasoner re-scores: the late embedding's recall@K per query kind decides it (BENCHMARKS.md).
 RERANK_TOP = 500
+# Candidates a model that corrects the cosine of text queries (the photos model's hubness) re-scores.
+RESCORE_TOP = 200
 NEGATIVE_WEIGHT = 0.5
 
 
@@ -134,7 +136,17 @@ class Searcher:
             raise ValueError(f"k must be at least 1, got {k}")
         rerank = rerank and query.text is not None and self.model.has_slots
         vector, parses = self.query_vector(query, read=rerank)
-        hits = self.index.search(vector, max(k, rerank_top) if rerank else k)[0]
+        text_only = query.text is not None and query.image is None and query.audio is None
+        depth = max(k, rerank_top) if rerank else max(k, RESCORE_TOP) if text_only else k
+        hits = self.index.search(vector, depth)[0]
+        if not rerank and text_only and hits:
+            stored = self.index.vectors_for([hit.item.id for hit in hits])
+            scores = self.model.rescore_text_hits(
+                np.array([hit.score for hit in hits], np.float32), np.stack([stored[hit.item.id] for hit in hits])
+            )
+            if scores is not None:
+                order = np.argsort(-scores, kind="stable")[:k]
+                return [_result(hits[i], float(scores[i]), None) for i in order]
         if not rerank or not hits:
             return [_result(hit, hit.score, None) for hit in hits[:k]]
         slots = self._slots(hits)
