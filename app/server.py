@@ -428,11 +428,15 @@ def launch(collection: Collection, options: ServeOptions, block: bool = True) ->
         show_error=True,
         state_session_capacity=SESSION_CAPACITY,
     )
-    add_thumbnail_route(app, collection.path_of)
-    if block:
-        print(f"mmodal is serving {collection.index_dir} at {url}\nopen that address in a browser; Ctrl-C stops")
-        try:
+    # The server answers from here on, so a Ctrl-C may come at any line below: each path out closes it.
+    try:
+        add_thumbnail_route(app, collection.path_of)
+        if block:
+            print(f"mmodal is serving {collection.index_dir} at {url}\nopen that address in a browser; Ctrl-C stops")
             app.block_thread()
-        finally:
-            app.close()
+    except BaseException:
+        app.close()
+        raise
+    if block:
+        app.close()
     return app, url
