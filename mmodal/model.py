@@ -34,14 +34,13 @@ from fusion.reasoner import Decision, Parse, SlotReasoner
 from fusion.vqa import AnswerPrefix
 from mmodal.config import ModelConfig
 from mmodal.fileio import default_file_mode
-from mmodal.retrieval import RetrievalModel
+from mmodal.retrieval import RetrievalModel, checked_texts
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the package, by name
 DEFAULT_MODEL = "shapes"
-MAX_TEXT_CHARS = 1000
 MAX_ANSWER_TOKENS = 8
 
 
@@ -174,17 +173,12 @@ class MModalModel(nn.Module, RetrievalModel):
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts → (ids, mask), each (B, T); refuses empty and enormous texts."""
-        if isinstance(texts, str):
-            raise TowerInputError("pass a list of texts, not a single string")
-        if len(texts) == 0:
-            raise TowerInputError("no texts to encode")
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise TowerInputError("empty text: type a few words to search or ask")
-            if len(text) > MAX_TEXT_CHARS:
-                raise TowerInputError(f"text of {len(text)} characters is too long; keep it under {MAX_TEXT_CHARS}")
         batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.config.text.max_text_tokens, return_tensors="pt"
+            checked_texts(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.config.text.max_text_tokens,
+            return_tensors="pt",
         )
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 

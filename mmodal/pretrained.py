@@ -31,7 +31,7 @@ from encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
 from encoders.pixels import letterbox_frame, letterboxed_array
 from encoders.sentence import SentenceEncoder
 from fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts
-from mmodal.retrieval import RetrievalModel
+from mmodal.retrieval import RetrievalModel, checked_texts
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class ConSEModel(nn.Module, RetrievalModel):
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.text([self.config.query_prompt.format(t.strip()) for t in _checked_texts(texts)])
+        return self.text([self.config.query_prompt.format(t.strip()) for t in checked_texts(texts)])
 
     @torch.inference_mode()
     def top_classes(self, images: Sequence[Image.Image], n: int = 5) -> list[list[tuple[str, float]]]:
@@ -246,19 +246,6 @@ def build_conse_model(
     return model
 
 
-def _checked_texts(texts: Sequence[str]) -> list[str]:
-    from mmodal.model import MAX_TEXT_CHARS
-
-    if isinstance(texts, str) or len(texts) == 0:
-        raise TowerInputError("pass a non-empty list of texts")
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
-            raise TowerInputError("empty text: type a few words to search")
-        if len(text) > MAX_TEXT_CHARS:
-            raise TowerInputError(f"text of {len(text)} characters is too long; keep it under {MAX_TEXT_CHARS}")
-    return list(texts)
-
-
 class ClipModel(nn.Module, RetrievalModel):
     """A Hugging Face CLIP or SigLIP folder (config.json, weights, tokenizer; preprocessor_config.json read for
     the input size and normalisation) as a dual encoder."""
@@ -320,7 +307,7 @@ class ClipModel(nn.Module, RetrievalModel):
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(
-            _checked_texts(texts),
+            checked_texts(texts),
             padding="max_length" if self.pad_to_length else True,
             truncation=True,
             max_length=self.text_length,

@@ -18,6 +18,22 @@ from PIL import Image
 from encoders.errors import TowerInputError
 from indexes.manifest import ModelIdentity
 
+MAX_TEXT_CHARS = 1000
+
+
+def checked_texts(texts: Sequence[str]) -> list[str]:
+    """The texts of a query or a question, refused when there are none or one is empty or enormous."""
+    if isinstance(texts, str):
+        raise TowerInputError("pass a list of texts, not a single string")
+    if len(texts) == 0:
+        raise TowerInputError("no texts to encode")
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise TowerInputError("empty text: type a few words to search or ask")
+        if len(text) > MAX_TEXT_CHARS:
+            raise TowerInputError(f"text of {len(text)} characters is too long; keep it under {MAX_TEXT_CHARS}")
+    return list(texts)
+
 
 class UnsupportedQueryError(TowerInputError):
     """The model cannot take this kind of query (e.g. a voice clip for an image–text model)."""
