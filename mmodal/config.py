@@ -87,7 +87,7 @@ class ModelConfig:
         return cls(**kwargs)
 
     def save(self, folder: str | Path) -> None:
-        from mmodal.fileio import write_json
+        from indexes.atomic import write_json
 
         write_json(Path(folder) / CONFIG_FILE, self.to_dict())
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmodal.fileio import write_bytes
+from indexes.atomic import write_bytes
 
 
 def answer_heatmap(image: Image.Image, attention: np.ndarray, opacity: float = 0.6) -> Image.Image:

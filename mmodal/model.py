@@ -32,8 +32,8 @@ from fusion.answers import AnswerReasoner
 from fusion.early import EarlyFusion
 from fusion.reasoner import Decision, Parse, SlotReasoner
 from fusion.vqa import AnswerPrefix
+from indexes.atomic import default_file_mode, replace_file
 from mmodal.config import ModelConfig
-from mmodal.fileio import default_file_mode
 from mmodal.retrieval import RetrievalModel, checked_texts
 
 log = logging.getLogger(__name__)
@@ -509,7 +509,7 @@ class MModalModel(nn.Module, RetrievalModel):
         tmp = folder / f".{WEIGHTS_FILE}.partial"
         save_model(self if dtype is None else copy.deepcopy(self).to(dtype), str(tmp))
         os.chmod(tmp, default_file_mode())
-        os.replace(tmp, folder / WEIGHTS_FILE)
+        replace_file(tmp, folder / WEIGHTS_FILE)
 
     @classmethod
     def from_pretrained(

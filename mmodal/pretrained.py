@@ -31,6 +31,7 @@ from encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
 from encoders.pixels import letterbox_frame, letterboxed_array
 from encoders.sentence import SentenceEncoder
 from fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts
+from indexes.atomic import replace_folder
 from mmodal.retrieval import RetrievalModel, checked_texts
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class ConSEModel(nn.Module, RetrievalModel):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """config.json, model.safetensors (classifier, sentence encoder, class table) and the tokenizer files,
-        written into a fresh folder that replaces ``folder`` in one rename."""
+        written into a fresh folder that takes ``folder``'s place once all of it is on disk."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -208,9 +209,7 @@ class ConSEModel(nn.Module, RetrievalModel):
             self.text.tokenizer.save_pretrained(partial)
             state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(partial / WEIGHTS_FILE))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(partial, folder)
+            replace_folder(partial, folder)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

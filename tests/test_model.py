@@ -48,7 +48,7 @@ def test_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
         assert torch.equal(a, b)
     assert torch.equal(match_before, loaded.match(_images()[:2], CORPUS[:2]))
     assert ModelConfig.load(tmp_path / "m") == tiny_model.config
-    from mmodal.fileio import default_file_mode
+    from indexes.atomic import default_file_mode
 
     for name in ("model.safetensors", "config.json"):
         assert (tmp_path / "m" / name).stat().st_mode & 0o777 == default_file_mode()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from indexes.atomic import atomic_open
 from mmodal.data.dataset import (
     CaptionRecord,
     Dataset,
@@ -23,7 +24,6 @@ from mmodal.data.dataset import (
     QuestionRecord,
     write_dataset,
 )
-from mmodal.fileio import atomic_open
 from mmodal.shapes import speech, world
 from mmodal.shapes.render import render, sample_style
 from mmodal.shapes.semantics import HELD_OUT_PAIRS, QUERY_KINDS, SPEC_VERSION, Scene

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mmodal.fileio import default_file_mode, write_json
+from indexes.atomic import default_file_mode, fsync_tree, write_json
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -36,6 +36,7 @@ def save_checkpoint(run: Path, model, optimizer: torch.optim.Optimizer, state: d
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / OPTIMIZER_FILE))
     os.chmod(partial / OPTIMIZER_FILE, default_file_mode())
     write_json(partial / STATE_FILE, {**state, "param_groups": optimizer_state["param_groups"]})
+    fsync_tree(partial)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)

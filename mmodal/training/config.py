@@ -103,7 +103,7 @@ class TrainConfig:
             raise ValueError("steps must be at least 1 and batch_size at least 2")
 
     def save(self, path: str | Path) -> None:
-        from mmodal.fileio import write_json
+        from indexes.atomic import write_json
 
         write_json(path, asdict(self))
 
