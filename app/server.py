@@ -109,7 +109,7 @@ class Collection:
         return self.searcher().index.path_of(item_id)
 
     def roots(self) -> list[str]:
-        return self.searcher().index.store.roots()
+        return self.searcher().index.roots()
 
     def stats(self) -> dict:
         return self.searcher().index.stats()
@@ -204,7 +204,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             raise gr.Error("search, then select a result to open it", print_exception=False)
         row = rows[selected.index]
         details = dict(row)
-        state = collection.searcher().index.store.file_state(row["file"])
+        state = collection.searcher().index.file_state(row["file"])
         if state is not None:
             size, mtime_ns = state
             modified = datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds")

@@ -53,7 +53,7 @@ def fill(index: ImageIndex, n: int, dim: int, centres: np.ndarray, slots: list, 
     for start in range(0, n, 20_000):
         vecs = clustered_vectors(min(20_000, n - start), dim, rng, centres)
         kept.append(vecs)
-        index.store.write_batch(
+        index.write_batch(
             NewItem(f"/photos/{start + i:07d}.jpg", f"{start + i:032x}", 1, 1, 64, 64, "JPEG", v, slots[i % len(slots)])
             for i, v in enumerate(vecs)
         )

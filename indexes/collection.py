@@ -257,6 +257,43 @@ class ImageIndex:
             for row_scores, row_ids in zip(scores, ids)
         ]
 
+    # ------------------------------------------------------------------------- what callers ask of it
+
+    @property
+    def searchable(self) -> int:
+        """Vectors in the FAISS file (the store may hold more until the next sync)."""
+        return int(self.index.ntotal)
+
+    def roots(self) -> list[str]:
+        """The folders indexed so far."""
+        return self.store.roots()
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        self.store.add_roots(roots)
+
+    def file_state(self, path: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of a file when it was last indexed or skipped, or None."""
+        return self.store.file_state(path)
+
+    def item_for_hash(self, content_hash: str) -> int | None:
+        """The id of the image with this content, when it is indexed already."""
+        return self.store.item_for_hash(content_hash)
+
+    def write_batch(self, new_items=(), relinked=(), skipped=()) -> list[int]:
+        """Commits a batch in one transaction: new images, copies of indexed ones, skipped files (see
+        :meth:`indexes.metadata.MetadataStore.write_batch`); the FAISS file catches up on :meth:`sync`."""
+        return self.store.write_batch(new_items, relinked, skipped)
+
+    def paths_under(self, root: str) -> list[str]:
+        return list(self.store.paths_under(root))
+
+    def remove_paths(self, paths: Iterable[str]) -> int:
+        return self.store.remove_paths(paths)
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """Every file skipped and why, as (path, reason)."""
+        return self.store.skipped()
+
     def vectors_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The stored vectors of the given images, by id (ids not in the index are left out)."""
         found = {}

@@ -192,7 +192,7 @@ def _info(args: argparse.Namespace) -> int:
     with ImageIndex.open(args.index) as index:
         stats = index.stats()
         if args.skipped:
-            stats["skipped_files"] = [{"path": p, "reason": r} for p, r in index.store.skipped()]
+            stats["skipped_files"] = [{"path": p, "reason": r} for p, r in index.skipped()]
     if args.json:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
         return 0

@@ -95,10 +95,10 @@ def index_collection(
     with ImageIndex.open_for_writing(
         index_dir, model.identity, factory=factory, model_source=model.source or ""
     ) as index:
-        roots = [os.path.abspath(os.fspath(r)) for r in roots] or index.store.roots()
+        roots = [os.path.abspath(os.fspath(r)) for r in roots] or index.roots()
         if not roots:
             raise ValueError(f"{index_dir} has no indexed folders yet; name the folders or files to index")
-        index.store.add_roots(roots)
+        index.add_roots(roots)
         pending = _changed_files(index, roots, summary)
         try:
             _encode_files(model, index, pending, summary, batch_size, workers or default_workers(), show_progress)
@@ -106,7 +106,7 @@ def index_collection(
             summary.removed = _remove_vanished(index, roots)
             added, removed = index.sync()
             log.debug("index file: %d vectors added, %d removed", added, removed)
-            summary.images_in_index = index.index.ntotal
+            summary.images_in_index = index.searchable
             summary.index_type = index.manifest.factory
             summary.seconds = time.perf_counter() - started
     return summary
@@ -123,7 +123,7 @@ def _changed_files(index: ImageIndex, roots: list[str], summary: IndexSummary) -
         except ImageSkipped as skipped:
             summary.skipped.append((path, skipped.reason))
             continue
-        if index.store.file_state(path) == (stat.size, stat.mtime_ns):
+        if index.file_state(path) == (stat.size, stat.mtime_ns):
             summary.unchanged += 1
         else:
             pending.append(path)
@@ -173,9 +173,7 @@ def _encode_files(
                 )
                 for d, v, s in zip(to_encode, vectors, slots if slots is not None else [None] * len(vectors))
             ]
-        new_ids = index.store.write_batch(
-            new_items, relinked, [(s.path, s.reason, s.size, s.mtime_ns) for s in skipped]
-        )
+        new_ids = index.write_batch(new_items, relinked, [(s.path, s.reason, s.size, s.mtime_ns) for s in skipped])
         summary.indexed += len(new_ids)
         summary.relinked += len(new_items) - len(new_ids)  # copies that arrived together in this batch
         summary.relinked += len(relinked)
@@ -198,7 +196,7 @@ def _encode_files(
                 for result in in_flight.popleft().result():
                     if isinstance(result, SkippedFile):
                         skipped.append(result)
-                    elif (item_id := index.store.item_for_hash(result.content_hash)) is not None:
+                    elif (item_id := index.item_for_hash(result.content_hash)) is not None:
                         relinked.append((result.path, item_id, result.size, result.mtime_ns))
                     else:
                         to_encode.append(result)
@@ -215,7 +213,7 @@ def _encode_files(
 
 def _remove_vanished(index: ImageIndex, roots: list[str]) -> int:
     """Forgets files under the roots that are gone from disk; returns how many."""
-    gone = [p for root in roots for p in index.store.paths_under(root) if not os.path.exists(p)]
+    gone = [p for root in roots for p in index.paths_under(root) if not os.path.exists(p)]
     if gone:
-        index.store.remove_paths(gone)
+        index.remove_paths(gone)
     return len(gone)

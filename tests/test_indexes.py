@@ -42,7 +42,7 @@ def test_exact_search_finds_each_vector_and_survives_reopening(tmp_path):
     rng = np.random.default_rng(0)
     items = _items(rng, 300)
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        index.store.write_batch(items)
+        index.write_batch(items)
         assert index.sync() == (300, 0)
     with ImageIndex.open(tmp_path, MODEL) as index:
         hits = index.search(np.stack([items[7].vector, items[123].vector]), k=3)
@@ -71,7 +71,7 @@ def test_images_are_found_by_id_and_search_reads_the_store_once(tmp_path):
     rng = np.random.default_rng(12)
     items = _items(rng, 20)
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        ids = index.store.write_batch(items)
+        ids = index.write_batch(items)
         index.sync()
     with ImageIndex.open(tmp_path, MODEL) as index:
         assert index.path_of(ids[3]) == "/photos/3.png" and index.path_of(10_000) is None
@@ -103,11 +103,11 @@ def test_hnsw_index_rebuilds_to_drop_removed_vectors(tmp_path):
     rng = np.random.default_rng(2)
     items = _items(rng, 200)
     with ImageIndex.open_for_writing(tmp_path, MODEL, factory="HNSW16,Flat") as index:
-        index.store.write_batch(items)
+        index.write_batch(items)
         index.sync()
-        index.store.remove_paths([i.path for i in items[:50]])
+        index.remove_paths([i.path for i in items[:50]])
         assert index.sync() == (0, 50)
-        assert index.index.ntotal == 150
+        assert index.searchable == 150
         assert index.manifest.factory == "HNSW16,Flat" and index.manifest.factory_chosen_by == "user"
         top = index.search(items[100].vector, k=1)[0][0]
         assert top.path == "/photos/100.png"
@@ -117,7 +117,7 @@ def test_ivf_pq_trains_on_the_stored_vectors(tmp_path):
     rng = np.random.default_rng(3)
     items = _items(rng, 2000)
     with ImageIndex.open_for_writing(tmp_path, MODEL, factory="IVF16,PQ4x4") as index:
-        index.store.write_batch(items)
+        index.write_batch(items)
         index.sync()
         found = [index.search(items[i].vector, k=10)[0] for i in range(0, 2000, 100)]
     recall = np.mean([items[i * 100].path in [h.path for h in hits] for i, hits in enumerate(found)])
@@ -126,7 +126,7 @@ def test_ivf_pq_trains_on_the_stored_vectors(tmp_path):
 
 def test_other_models_are_refused(tmp_path):
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        index.store.write_batch(_items(np.random.default_rng(4), 3))
+        index.write_batch(_items(np.random.default_rng(4), 3))
         index.sync()
     other = ModelIdentity(name="test", weights_hash="cd" * 16, dim=DIM)
     with pytest.raises(ModelMismatchError, match="built with model 'test'"):
@@ -139,7 +139,7 @@ def test_a_damaged_index_file_is_detected_and_rebuilt_by_a_writer(tmp_path):
     rng = np.random.default_rng(5)
     items = _items(rng, 50)
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        index.store.write_batch(items)
+        index.write_batch(items)
         index.sync()
     data = bytearray((tmp_path / INDEX_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -155,7 +155,7 @@ def test_a_damaged_index_file_is_detected_and_rebuilt_by_a_writer(tmp_path):
 def _built(folder, rng, n=40):
     items = _items(rng, n)
     with ImageIndex.open_for_writing(folder, MODEL) as index:
-        index.store.write_batch(items)
+        index.write_batch(items)
         index.sync()
     return items
 
@@ -180,7 +180,7 @@ def test_a_damaged_manifest_is_named_and_rewritten_from_the_store(tmp_path, dama
         assert index.manifest.model == MODEL
         index.sync()
     with ImageIndex.open(tmp_path) as index:
-        assert index.index.ntotal == len(items)
+        assert index.searchable == len(items)
         assert index.search(items[7].vector, k=1)[0][0].path == "/photos/7.png"
     other = dataclasses.replace(MODEL, weights_hash="cd" * 16)
     path.write_bytes(b"{")
@@ -210,11 +210,11 @@ def test_a_store_ahead_of_the_index_file_is_caught_up(tmp_path):
     """What a crash between committing a batch and saving the FAISS file leaves behind."""
     rng = np.random.default_rng(6)
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        index.store.write_batch(_items(rng, 10))
+        index.write_batch(_items(rng, 10))
         index.sync()
-        index.store.write_batch(_items(rng, 10, start=10))  # no sync: the "crash"
+        index.write_batch(_items(rng, 10, start=10))  # no sync: the "crash"
     with ImageIndex.open(tmp_path) as index:
-        assert index.index.ntotal == 10 and index.store.count() == 20
+        assert index.searchable == 10 and index.count() == 20
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
         assert index.sync() == (10, 0)
     assert Manifest.load(tmp_path).count == 20
@@ -234,7 +234,7 @@ def test_near_duplicates_are_grouped(tmp_path):
     twin = items[3].vector + 0.01 * _unit(rng, 1)[0]
     items.append(NewItem("/photos/3-small.jpg", "hash-twin", 10, 1, 32, 24, "JPEG", twin / np.linalg.norm(twin)))
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        index.store.write_batch(items)
+        index.write_batch(items)
         index.sync()
         groups = index.near_duplicates(threshold=0.98)
     assert [[p for item in g for p in item.paths] for g in groups] == [["/photos/3.png", "/photos/3-small.jpg"]]
@@ -256,7 +256,7 @@ def test_slots_round_trip_through_the_folder_in_float16(tmp_path):
     rng = np.random.default_rng(8)
     items = _slotted(rng, [3, 0, None, 16, 1])
     with ImageIndex.open_for_writing(tmp_path, SLOT_MODEL) as index:
-        ids = index.store.write_batch(items)
+        ids = index.write_batch(items)
         index.sync()
     with ImageIndex.open(tmp_path, SLOT_MODEL) as index:
         slots = index.slots_for([*ids, 10_000])  # an unknown id is left out
@@ -276,8 +276,8 @@ def test_slots_that_do_not_fit_the_index_are_refused_whole(tmp_path):
         for bad in (too_wide, too_many, flat, too_big):
             items = _slotted(rng, [1])
             with pytest.raises(ValueError, match="slots"):
-                index.store.write_batch([*items, dataclasses.replace(items[0], content_hash="bad", slots=bad)])
-        assert index.store.count() == 0  # the whole batch rolled back each time
+                index.write_batch([*items, dataclasses.replace(items[0], content_hash="bad", slots=bad)])
+        assert index.count() == 0  # the whole batch rolled back each time
 
 
 def test_a_copy_shares_its_items_slots(tmp_path):
@@ -286,11 +286,11 @@ def test_a_copy_shares_its_items_slots(tmp_path):
     # the same content found again under another path, encoded again (slightly differently): it joins the item
     again = dataclasses.replace(original, path="/backup/0.png", slots=original.slots[:2] + 1)
     with ImageIndex.open_for_writing(tmp_path, SLOT_MODEL) as index:
-        (item_id,) = index.store.write_batch([original])
-        assert index.store.write_batch([again]) == []
+        (item_id,) = index.write_batch([original])
+        assert index.write_batch([again]) == []
         moved_id = index.store.item_for_hash(original.content_hash)
-        index.store.write_batch(relinked=[("/moved/0.png", moved_id, original.size, 7)])
-        index.store.remove_paths([original.path])
+        index.write_batch(relinked=[("/moved/0.png", moved_id, original.size, 7)])
+        index.remove_paths([original.path])
         index.sync()
     with ImageIndex.open(tmp_path) as index:
         (hit,) = index.search(original.vector, k=1)[0]
@@ -302,7 +302,7 @@ def test_a_copy_shares_its_items_slots(tmp_path):
 
 def test_an_index_from_before_slots_is_refused_with_a_way_forward(tmp_path):
     with ImageIndex.open_for_writing(tmp_path, MODEL) as index:
-        index.store.write_batch(_items(np.random.default_rng(11), 3))
+        index.write_batch(_items(np.random.default_rng(11), 3))
         index.sync()
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     manifest["format_version"] = 1

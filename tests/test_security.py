@@ -62,7 +62,7 @@ def test_pickles_in_an_index_folder_are_refused_or_ignored(tmp_path, payload):
     identity = ModelIdentity(name="test", weights_hash="ab" * 16, dim=8)
     vectors = np.eye(8, dtype=np.float32)
     with ImageIndex.open_for_writing(tmp_path, identity) as index:
-        index.store.write_batch([NewItem(f"/p/{i}.png", f"h{i}", 1, 1, 4, 4, "PNG", v) for i, v in enumerate(vectors)])
+        index.write_batch([NewItem(f"/p/{i}.png", f"h{i}", 1, 1, 4, 4, "PNG", v) for i, v in enumerate(vectors)])
         index.sync()
     for name in PICKLE_NAMES:
         (tmp_path / name).write_bytes(data)
