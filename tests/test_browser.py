@@ -47,6 +47,7 @@ def shots(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model, shots, tmp_path):
     collection, url, _ = served
     page.goto(url)

@@ -19,6 +19,7 @@ def hostile(tmp_path_factory):
     return root, images, clips
 
 
+@pytest.mark.slow
 def test_hostile_files_through_the_cli(hostile):
     root, images, clips = hostile
     tally = Tally()
@@ -33,6 +34,7 @@ def test_hostile_files_through_the_cli(hostile):
     assert tally.outcomes[("cli", "empty", "refused")] == 1  # the first text case is the empty text
 
 
+@pytest.mark.slow
 def test_hostile_requests_through_the_http_api(served, hostile):
     _, url, _ = served
     _, images, clips = hostile
@@ -43,6 +45,7 @@ def test_hostile_requests_through_the_http_api(served, hostile):
     assert sum(n for (_, _, outcome), n in tally.outcomes.items() if outcome == "refused") >= 30
 
 
+@pytest.mark.slow
 def test_killed_while_saving_faiss_or_committing_sqlite_the_indexer_resumes_whole(shapes_test_dir, dataset, tmp_path):
     queries = [q.text for q in dataset.queries[:3]]
     result = run_trials(shapes_test_dir / "images", tmp_path, list(AIMED), queries)

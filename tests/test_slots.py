@@ -124,6 +124,7 @@ def tiny_slot_model(shapes_train_dir):
     return build_model(config, read_dataset(shapes_train_dir))
 
 
+@pytest.mark.slow
 def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model, shapes_train_dir):
     from mmodal.data.dataset import read_dataset
     from mmodal.training.config import TrainConfig

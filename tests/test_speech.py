@@ -79,6 +79,7 @@ def test_the_bigram_prior_is_a_distribution_over_what_follows():
     assert bigram[1, 4] > bigram[1, 3]  # "a red" was seen, "a circle" never
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng makes the spoken training split")
 def test_speech_recipe_trains_a_transcriber_that_search_listens_with(tmp_path, capsys):
     data = tmp_path / "speech"

@@ -62,6 +62,7 @@ def test_tiny_model_loss_falls_on_cpu(shapes_train_dir, tmp_path):
     assert np.mean(history[-3:]) < 0.6 * np.mean(history[:3])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_model(shapes_train_dir, tmp_path):
     """The slots recipe, stopped mid-way through its reasoning stage, ends where an uninterrupted run ends."""
     straight = train(_config(tmp_path / "a", shapes_train_dir))
@@ -174,6 +175,7 @@ def test_ranking_metrics_follow_the_spec():
     assert average_precision(ranking, {3, 7}) == pytest.approx((1 / 1 + 2 / 3) / 2)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_path):
     folder = train(_config(tmp_path, shapes_train_dir, perception_steps=1, reasoner_steps=1, joint_steps=1))
     from mmodal.model import MModalModel
@@ -203,6 +205,7 @@ def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_pa
         assert 0 <= report["speech"]["p@10"] <= 1
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates(shapes_train_dir, shapes_test_dir, tmp_path, capsys):
     from mmodal.cli import main
 

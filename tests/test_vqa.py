@@ -117,6 +117,7 @@ def test_trains_on_a_vqav2_dataset_from_disk(tmp_path, capsys):
     assert main(argv[:-6] + ["--vqa-questions", str(tmp_path / "q.json"), "--out", str(tmp_path / "x")]) == 1
 
 
+@pytest.mark.slow
 def test_question_only_and_dense_baselines_train_and_evaluate(shapes_train_dir, shapes_test_dir, tmp_path, capsys):
     out = tmp_path / "blind"
     argv = ["train", "--recipe", "vqa", "--model", "dense", "--blind", "--steps", "2", "--batch-size", "4"]
