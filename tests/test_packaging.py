@@ -33,3 +33,33 @@ def test_console_script_reports_its_version():
     assert result.returncode == 0
     assert result.stdout.strip() == f"mmodal {mmodal.__version__}"
     assert mmodal.__version__ != "0.0.0+unknown"
+
+
+# The index layer and the decoding workers must not need torch: the workers start in a fresh interpreter each,
+# and `indexes` is meant to serve machines that only search. A fresh interpreter in which importing torch
+# (or the libraries that pull it in) fails proves it, where a grep for "import torch" would miss a
+# transitive import.
+TORCH_FREE = ["indexes.atomic", "indexes.collection", "indexes.manifest", "indexes.metadata", "indexes.vectors"]
+TORCH_FREE += ["indexes.errors", "mmodal.data.decode", "encoders.pixels"]
+BLOCK_TORCH = """
+import importlib, importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "timm", "torchaudio", "torchvision"):
+            raise ImportError(f"{name} is blocked: this module must not need it")
+sys.meta_path.insert(0, Blocked())
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+print("imported", len(sys.argv) - 1)
+"""
+
+
+def test_the_index_layer_and_the_decoders_import_with_torch_blocked():
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, *TORCH_FREE], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"imported {len(TORCH_FREE)}"
+    # The blocker does block: a module that needs torch fails under it.
+    failing = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "mmodal.model"], capture_output=True, text=True)
+    assert failing.returncode != 0 and "blocked" in failing.stderr
