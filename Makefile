@@ -8,7 +8,7 @@ DEMO_DATA ?= data/shapes-demo
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: setup system system-test demo test lint
+.PHONY: setup system system-test demo test lint screenshots
 
 setup: system $(STAMP)
 
@@ -34,3 +34,7 @@ test: system-test $(STAMP)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# The README's screenshots, taken by the browser test as it drives the app.
+screenshots: system-test $(STAMP)
+	MMODAL_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_browser.py

@@ -1,7 +1,8 @@
 """The web app in a real headless Chromium, driven by Playwright: search, open a result, ask, see the index.
 
 Chromium comes from the system (`make test` installs the Debian package chromium-headless-shell); no
-browser is downloaded. Screenshots go to the test's temporary folder, or to $MMODAL_SCREENSHOTS.
+browser is downloaded. Screenshots go to the test's temporary folder, or to $MMODAL_SCREENSHOTS (`make
+screenshots` takes the README's).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model,
     page.screenshot(path=str(shots / "ask.png"), full_page=True)
 
     page.get_by_role("tab", name="Index").click()
+    assert page.locator("#model-choice input").input_value() == "shapes"  # the index's model, while it may change
     extra = tmp_path / "more"
     generate_shapes(extra, n=4, seed=123, split="test", n_queries=1, workers=1)
     page.locator("#folder textarea").fill(str(extra / "images"))
