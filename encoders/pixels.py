@@ -46,3 +46,15 @@ def letterbox_frame(width: int, height: int) -> tuple[float, float, float, float
     side = max(width, height)
     w, h = width / side, height / side
     return (1 - w) / 2, (1 - h) / 2, w, h
+
+
+def letterboxed_batch(images, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """PIL images → letterboxed uint8 pixels (B, 3, size, size) and each picture's frame in its square (B, 4)."""
+    if len(images) == 0:
+        raise ValueError("no images to encode")
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    pixels = np.stack([letterboxed_array(image, size) for image in images])
+    frames = np.array([letterbox_frame(image.width, image.height) for image in images], dtype=np.float32)
+    return pixels, frames

@@ -9,6 +9,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from encoders.pixels import letterbox_frame
 from indexes.atomic import write_bytes
 
 
@@ -20,7 +21,8 @@ def answer_heatmap(image: Image.Image, attention: np.ndarray, opacity: float = 0
     weights = np.asarray(attention, dtype=np.float32)
     weights = (weights - weights.min()) / max(float(weights.max() - weights.min()), 1e-8)
     square = Image.fromarray((weights * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
-    left, top = (side - width) // 2, (side - height) // 2  # where letterboxing put the picture
+    x0, y0, _, _ = letterbox_frame(width, height)  # where letterboxing put the picture
+    left, top = round(x0 * side), round(y0 * side)
     heat = np.asarray(square.crop((left, top, left + width, top + height)), dtype=np.float32)[..., None] / 255.0
     # A black-red-yellow ramp: cold areas keep the picture, hot ones turn red, then yellow.
     colour = np.concatenate([np.clip(heat * 2, 0, 1), np.clip(heat * 2 - 1, 0, 1), np.zeros_like(heat)], axis=-1)

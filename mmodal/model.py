@@ -24,7 +24,7 @@ from encoders.audio import AudioEncoder, preprocess_audio
 from encoders.errors import TowerInputError
 from encoders.image import SwinImageEncoder, normalize_pixels, preprocess_image
 from encoders.language import MoEConfig, MoELanguageModel
-from encoders.pixels import letterbox_frame, letterboxed_array
+from encoders.pixels import letterboxed_batch
 from encoders.slots import SlotEncoder
 from encoders.transcribe import Transcript, WordDecoder
 from fusion.adapters import Adapter, SlotPooler
@@ -249,14 +249,11 @@ class MModalModel(nn.Module, RetrievalModel):
 
     def letterboxed(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """PIL images → pixels (B, 3, S, S) at ``input_size`` and each picture's frame in its square (B, 4)."""
-        if len(images) == 0:
-            raise TowerInputError("no images to encode")
-        for im in images:
-            if not isinstance(im, Image.Image):
-                raise TowerInputError(f"expected a PIL image, got {type(im).__name__}")
-        arrays = np.stack([letterboxed_array(im, self.input_size) for im in images])
-        frames = torch.tensor([letterbox_frame(im.width, im.height) for im in images])
-        return normalize_pixels(torch.from_numpy(arrays)).to(self.device), frames.to(self.device)
+        try:
+            arrays, frames = letterboxed_batch(images, self.input_size)
+        except (TypeError, ValueError) as error:
+            raise TowerInputError(str(error)) from None
+        return normalize_pixels(torch.from_numpy(arrays)).to(self.device), torch.from_numpy(frames).to(self.device)
 
     def image_slots(self, pixels: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) pixels at ``input_size`` → object slots (B, N, slot_dim); frames default to full squares."""

@@ -28,7 +28,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 from encoders.errors import TowerInputError
 from encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
-from encoders.pixels import letterbox_frame, letterboxed_array
+from encoders.pixels import letterboxed_batch
 from encoders.sentence import SentenceEncoder
 from fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts
 from indexes.atomic import replace_folder
@@ -82,13 +82,11 @@ def _normalized(pixels: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def _letterboxed(images: Sequence[Image.Image], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if len(images) == 0:
-        raise TowerInputError("no images to encode")
-    for im in images:
-        if not isinstance(im, Image.Image):
-            raise TowerInputError(f"expected a PIL image, got {type(im).__name__}")
-    pixels = torch.from_numpy(np.stack([letterboxed_array(im, size) for im in images]))
-    return pixels, torch.tensor([letterbox_frame(im.width, im.height) for im in images])
+    try:
+        pixels, frames = letterboxed_batch(images, size)
+    except (TypeError, ValueError) as error:
+        raise TowerInputError(str(error)) from None
+    return torch.from_numpy(pixels), torch.from_numpy(frames)
 
 
 class ConSEModel(nn.Module, RetrievalModel):
