@@ -17,23 +17,48 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
 
+@dataclass
+class TextConfig:
+    """The language core's sizes: the one place they are defined (a model's config.json holds them)."""
+
+    vocab_size: int = 512  # a model built with a tokenizer takes the tokenizer's size instead
+    hidden_size: int = 128  # model width
+    num_layers: int = 3
+    num_heads: int = 4
+    n_shared_experts: int = 1  # experts every token passes through
+    n_routed_experts: int = 4  # experts a router picks from; 0 makes a dense core
+    experts_per_token: int = 2  # routed experts each token is sent to (top-k)
+    expert_hidden_size: int = 192  # width of one expert's SwiGLU
+    max_position_embeddings: int = 96  # prefix + text tokens
+    aux_loss_coef: float = 0.01  # weight of the load-balance loss
+    max_text_tokens: int = 32  # longer texts are cut to this many tokens (the core also takes a prefix)
+
+
+_SIZES = TextConfig()
+
+
 class MoEConfig(PretrainedConfig):
-    """Configuration of the sparse-MoE language core."""
+    """The language core's transformers config: :class:`TextConfig`'s sizes and the tokenizer's special ids."""
 
     model_type = "mmodal_moe"
 
+    @classmethod
+    def from_sizes(cls, sizes: TextConfig, vocab_size: int, **special_ids) -> MoEConfig:
+        fields = {k: v for k, v in sizes.__dict__.items() if k not in ("vocab_size", "max_text_tokens")}
+        return cls(vocab_size=vocab_size, **fields, **special_ids)
+
     def __init__(
         self,
-        vocab_size: int = 1024,
-        hidden_size: int = 128,  # model width
-        num_layers: int = 3,
-        num_heads: int = 4,
-        n_shared_experts: int = 1,  # experts every token passes through
-        n_routed_experts: int = 4,  # experts a router picks from
-        experts_per_token: int = 2,  # routed experts each token is sent to (top-k)
-        expert_hidden_size: int = 256,  # width of one expert's SwiGLU
-        max_position_embeddings: int = 128,  # prefix + text tokens
-        aux_loss_coef: float = 0.01,  # weight of the load-balance loss
+        vocab_size: int = _SIZES.vocab_size,
+        hidden_size: int = _SIZES.hidden_size,
+        num_layers: int = _SIZES.num_layers,
+        num_heads: int = _SIZES.num_heads,
+        n_shared_experts: int = _SIZES.n_shared_experts,
+        n_routed_experts: int = _SIZES.n_routed_experts,
+        experts_per_token: int = _SIZES.experts_per_token,
+        expert_hidden_size: int = _SIZES.expert_hidden_size,
+        max_position_embeddings: int = _SIZES.max_position_embeddings,
+        aux_loss_coef: float = _SIZES.aux_loss_coef,
         router_jitter: float = 0.0,  # multiplicative noise on router inputs while training
         dropout: float = 0.0,
         pad_token_id: int = 0,

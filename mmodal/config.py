@@ -9,29 +9,13 @@ from typing import Any
 
 from encoders.audio import AudioEncoderConfig
 from encoders.image import ImageEncoderConfig
+from encoders.language import TextConfig
 from encoders.slots import SlotConfig
 from fusion.answers import AnswerConfig
 from fusion.early import FusionConfig
 from fusion.reasoner import ReasonerConfig
 
 CONFIG_FILE = "config.json"
-
-
-@dataclass
-class TextConfig:
-    """The language core's size (see ``encoders.language.MoEConfig`` for each field's meaning)."""
-
-    vocab_size: int = 512
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    n_shared_experts: int = 1
-    n_routed_experts: int = 4
-    experts_per_token: int = 2
-    expert_hidden_size: int = 192
-    max_position_embeddings: int = 96
-    aux_loss_coef: float = 0.01
-    max_text_tokens: int = 32  # longer texts are cut to this many tokens (the core also takes a prefix)
 
 
 @dataclass

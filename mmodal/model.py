@@ -96,17 +96,9 @@ class MModalModel(nn.Module, RetrievalModel):
         self._word_decoder: WordDecoder | None = None  # built on the first transcription
         t = config.text
         self.language = MoELanguageModel(
-            MoEConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=t.hidden_size,
-                num_layers=t.num_layers,
-                num_heads=t.num_heads,
-                n_shared_experts=t.n_shared_experts,
-                n_routed_experts=t.n_routed_experts,
-                experts_per_token=t.experts_per_token,
-                expert_hidden_size=t.expert_hidden_size,
-                max_position_embeddings=t.max_position_embeddings,
-                aux_loss_coef=t.aux_loss_coef,
+            MoEConfig.from_sizes(
+                t,
+                len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id,
