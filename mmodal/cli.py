@@ -17,7 +17,7 @@ COMMANDS_GROUP = "mmodal.commands"  # entry points that add commands, e.g. `serv
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
-    from mmodal.shapes.generate import generate_shapes
+    from mmodal.data.generate import generate_shapes
 
     dataset = generate_shapes(
         args.out,
@@ -61,9 +61,9 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmodal.data.dataset import read_dataset
+    from mmodal.data.generate import generate_shapes
     from mmodal.evaluate import evaluate, format_report
     from mmodal.model import MModalModel
-    from mmodal.shapes.generate import generate_shapes
 
     data = Path(args.data) if args.data else Path("data") / f"shapes-test-n{args.n}-seed{args.seed}"
     if not (data / "dataset.json").is_file():

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return _child(args.child, args.seed, [a for a in args.rest if a != "--"])
 
     from mmodal.data.dataset import read_dataset
-    from mmodal.shapes.generate import generate_shapes
+    from mmodal.data.generate import generate_shapes
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mmodal.data.dataset import read_dataset
-    from mmodal.shapes.generate import generate_shapes
+    from mmodal.data.generate import generate_shapes
     from mmodal.shapes.speech import SpeechSynthesisError, espeak_path
 
     out = Path(args.out)

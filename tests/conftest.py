@@ -8,9 +8,9 @@ import socket
 import pytest
 
 from mmodal.data.dataset import read_dataset
+from mmodal.data.generate import generate_shapes
 from mmodal.model import MModalModel
 from mmodal.pipeline import index_collection
-from mmodal.shapes.generate import generate_shapes
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,9 @@ from PIL import Image
 
 from app.server import Collection, ServeOptions, launch, parse_auth
 from mmodal.data.audio import read_audio
+from mmodal.data.generate import generate_shapes
 from mmodal.pipeline import index_collection
 from mmodal.search import Query
-from mmodal.shapes.generate import generate_shapes
 from reliability.fuzz import call
 from tests.conftest import free_port
 

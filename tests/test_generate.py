@@ -14,7 +14,7 @@ import pytest
 import soundfile
 
 from mmodal.data.dataset import read_dataset
-from mmodal.shapes.generate import generate_shapes
+from mmodal.data.generate import generate_shapes
 from mmodal.shapes.semantics import (
     HELD_OUT_PAIRS,
     QUESTION_TYPES,

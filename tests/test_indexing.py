@@ -22,8 +22,8 @@ from indexes.collection import ImageIndex
 from indexes.metadata import METADATA_FILE
 from mmodal.cli import main
 from mmodal.config import tiny_config
+from mmodal.data.generate import generate_shapes
 from mmodal.model import MModalModel
-from mmodal.shapes.generate import generate_shapes
 from mmodal.training.slot_recipe import shapes_slot_config
 from reliability.hostile_images import make_hostile_folder
 

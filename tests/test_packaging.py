@@ -41,25 +41,38 @@ def test_console_script_reports_its_version():
 # transitive import.
 TORCH_FREE = ["indexes.atomic", "indexes.collection", "indexes.manifest", "indexes.metadata", "indexes.vectors"]
 TORCH_FREE += ["indexes.errors", "mmodal.data.decode", "encoders.pixels"]
-BLOCK_TORCH = """
+TORCH_LIBRARIES = "torch,transformers,timm,torchaudio,torchvision"
+BLOCKING = """
 import importlib, importlib.abc, sys
+blocked = sys.argv[1].split(",")
 class Blocked(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "timm", "torchaudio", "torchvision"):
+        if any(name == b or name.startswith(b + ".") for b in blocked):
             raise ImportError(f"{name} is blocked: this module must not need it")
 sys.meta_path.insert(0, Blocked())
-for module in sys.argv[1:]:
+for module in sys.argv[2:]:
     importlib.import_module(module)
-print("imported", len(sys.argv) - 1)
+print("imported", len(sys.argv) - 2)
 """
 
 
-def test_the_index_layer_and_the_decoders_import_with_torch_blocked():
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH, *TORCH_FREE], capture_output=True, text=True, timeout=120
+def _import_blocking(blocked: str, modules: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKING, blocked, *modules], capture_output=True, text=True, timeout=120
     )
+
+
+def test_the_index_layer_and_the_decoders_import_with_torch_blocked():
+    result = _import_blocking(TORCH_LIBRARIES, TORCH_FREE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"imported {len(TORCH_FREE)}"
     # The blocker does block: a module that needs torch fails under it.
-    failing = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "mmodal.model"], capture_output=True, text=True)
+    failing = _import_blocking(TORCH_LIBRARIES, ["mmodal.model"])
     assert failing.returncode != 0 and "blocked" in failing.stderr
+
+
+def test_the_shapes_world_does_not_need_the_dataset_layer():
+    modules = [f"mmodal.shapes.{name}" for name in ("semantics", "world", "render", "speech")]
+    result = _import_blocking("mmodal.data", modules)
+    assert result.returncode == 0, result.stderr
+    assert _import_blocking("mmodal.data", ["mmodal.data.generate"]).returncode != 0

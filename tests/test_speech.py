@@ -14,8 +14,8 @@ import torch
 from encoders.transcribe import MIN_CONFIDENCE, WordDecoder, count_bigram
 from mmodal.cli import main
 from mmodal.data.audio import read_audio
+from mmodal.data.generate import generate_shapes
 from mmodal.pipeline import index_collection
-from mmodal.shapes.generate import generate_shapes
 
 VOCABULARY = ("a", "blue", "circle", "red", "square")
 

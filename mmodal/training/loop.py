@@ -16,9 +16,9 @@ from tqdm import tqdm
 from encoders.tokenizer import build_tokenizer
 from mmodal.config import ModelConfig, dense_config, tiny_config
 from mmodal.data.dataset import DatasetFormatError, read_dataset
+from mmodal.data.generate import generate_shapes
 from mmodal.data.vqa import read_vqa
 from mmodal.model import MModalModel
-from mmodal.shapes.generate import generate_shapes
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
 from mmodal.training.answer_recipe import (
     answer_modules,

@@ -141,7 +141,7 @@ def generate_shapes(
     n_queries = n_queries if n_queries is not None else max(6, min(MAX_QUERIES, n // 2))
     chunks = [list(range(i, min(n, i + 32))) for i in range(0, n, 32)]
     dataset = Dataset(root=root)
-    with worker_pool(workers, ["mmodal.shapes.generate"]) as pool:
+    with worker_pool(workers, ["mmodal.data.generate"]) as pool:
         jobs = pool.map(_make_images, [(str(root), seed, split, c) for c in chunks])
         with tqdm(total=n, desc=f"shapes {split}", unit="img") as bar:
             for results in jobs:
