@@ -32,6 +32,7 @@ class TextConfig:
     max_position_embeddings: int = 96  # prefix + text tokens
     aux_loss_coef: float = 0.01  # weight of the load-balance loss
     max_text_tokens: int = 32  # longer texts are cut to this many tokens (the core also takes a prefix)
+    known_words: tuple[str, ...] = ()  # every word of the texts it was trained on (none: not recorded)
 
 
 _SIZES = TextConfig()
@@ -44,7 +45,7 @@ class MoEConfig(PretrainedConfig):
 
     @classmethod
     def from_sizes(cls, sizes: TextConfig, vocab_size: int, **special_ids) -> MoEConfig:
-        fields = {k: v for k, v in sizes.__dict__.items() if k not in ("vocab_size", "max_text_tokens")}
+        fields = {k: v for k, v in sizes.__dict__.items() if k not in ("vocab_size", "max_text_tokens", "known_words")}
         return cls(vocab_size=vocab_size, **fields, **special_ids)
 
     def __init__(

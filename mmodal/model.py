@@ -8,8 +8,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ WEIGHTS_FILE = "model.safetensors"
 EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the package, by name
 DEFAULT_MODEL = "shapes"
 MAX_ANSWER_TOKENS = 8
+WORD = re.compile(r"[^\W_]+")  # a word, in any script
 
 
 class EvidenceScores(LogitsProcessor):
@@ -361,16 +363,41 @@ class MModalModel(nn.Module, RetrievalModel):
         parses = self.read_queries(texts)
         return torch.cat([self.decide(p, slots[i : i + 1]).probability for i, p in enumerate(parses)])
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` that no text the model was trained on holds (none when it did not record them)."""
+        known = self.config.text.known_words
+        return [w for w in WORD.findall(text.lower()) if w not in known] if known else []
+
     @torch.inference_mode()
     def ask(
         self, images: Sequence[Image.Image] | torch.Tensor, questions: Sequence[str], alternatives: int = 3
     ) -> list[Answer]:
         """Answers each question about its image: beam search over the language core after the prefix.
 
-        ``confidence`` is the model's probability of the whole answer; ``alternatives`` are the next beams. With
+        ``confidence`` is the model's probability of the whole answer, times the share of the question's words
+        the model knows (with a note naming the others); ``alternatives`` are the next beams. With
         answers from slots, the prefix is the slot evidence and ``looked_at`` names the objects that counted;
         otherwise it is the fused patches, and ``attention`` is the question-to-patch attention, (grid, grid).
         """
+        answers = self._answer(images, questions, alternatives)
+        return [self._doubted(answer, question) for answer, question in zip(answers, questions)]
+
+    def _doubted(self, answer: Answer, question: str) -> Answer:
+        """The answer's confidence scaled by the share of known words: the decoder is sure of itself even where
+        it cannot read the question, so its own probability says nothing there."""
+        unknown = self.unknown_words(question)
+        if not unknown:
+            return answer
+        words = max(1, len(WORD.findall(question)))
+        known = max(0.0, 1 - len(unknown) / words)
+        return replace(
+            answer,
+            confidence=answer.confidence * known,
+            alternatives=[(a, c * known) for a, c in answer.alternatives],
+            note=f"the model does not know the words {', '.join(unknown[:5])}: the answer is a guess",
+        )
+
+    def _answer(self, images, questions: Sequence[str], alternatives: int) -> list[Answer]:
         if len(images) != len(questions):
             raise TowerInputError(f"ask() pairs images with questions: got {len(images)} and {len(questions)}")
         ids, mask = self.tokenize(questions)

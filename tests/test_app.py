@@ -327,3 +327,22 @@ def test_the_remaining_endpoints_answer_over_http(served, dataset):
     assert about_result[:3] == direct[:3]
     # Selecting acts on the page's own results (the browser test clicks one); API clients are not offered it.
     assert "/select_result" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_a_negated_text_moves_what_it_names_down(served, dataset):
+    """ "a circle" but not "a COLOUR circle", for the colour most common among the top circles: circles of that
+    colour leave the top results they held."""
+    from collections import Counter
+
+    _, _, client = served
+    scenes = {str((dataset.root / r.file).resolve()): r.scene for r in dataset.images}
+
+    def circle_colours(row) -> set[str]:
+        return {o.color for o in scenes[row["file"]].objects if o.shape == "circle"}
+
+    _, plain = search(client, "a circle", k=10)
+    colour, held = Counter(c for r in plain for c in circle_colours(r)).most_common(1)[0]
+    assert held >= 2
+    _, negated = search(client, "a circle", negative=f"a {colour} circle", k=10)
+    assert sum(colour in circle_colours(r) for r in negated) < held
+    assert all(circle_colours(r) for r in negated[:5])  # still circles

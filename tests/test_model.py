@@ -98,6 +98,11 @@ def test_towers_reject_bad_input_clearly(tiny_model, call, message):
 
 def test_long_text_is_truncated_and_other_scripts_encode(tiny_model):
     long = " ".join(["a red circle"] * 50)
+    ids, mask = tiny_model.tokenize([long, "a red circle"])
+    assert ids.shape[1] == tiny_model.config.text.max_text_tokens and mask[0].all()
+    # Words past the cut change nothing: the two texts differ only there.
+    a, b = tiny_model.encode_text([long + " and a blue star", long + " and a green hexagon"])
+    assert torch.allclose(a, b, atol=1e-5)
     assert tiny_model.encode_text([long, "ein rotes Quadrat", "красный круг"]).shape == (3, 32)
 
 

@@ -16,6 +16,7 @@ from mmodal.cli import main
 from mmodal.config import tiny_config
 from mmodal.evaluate import expected_calibration_error
 from mmodal.model import MModalModel
+from mmodal.training.loop import known_words
 
 COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 230), "green": (40, 180, 60), "white": (245, 245, 245)}
 QUESTION = "what color is the square?"
@@ -32,7 +33,9 @@ def trained():
     """A tiny model taught to name the square's colour in four pictures."""
     torch.manual_seed(0)
     corpus = [f"{QUESTION} {c}" for c in COLOURS] * 30 + ["is there a star? yes no"] * 10
-    model = MModalModel(tiny_config(), build_tokenizer(corpus, vocab_size=300))
+    config = tiny_config()
+    config.text.known_words = known_words(corpus)
+    model = MModalModel(config, build_tokenizer(corpus, vocab_size=300))
     images = [_picture(c) for c in COLOURS.values()]
     pixels = model.preprocess_images(images)
     q_ids, q_mask = model.tokenize([QUESTION] * len(images))
@@ -76,7 +79,12 @@ def test_bad_questions_get_clear_errors_or_low_confidence(trained):
     with pytest.raises(TowerInputError, match="too long"):
         model.ask(images[:1], ["what " * 2000])
     foreign = model.ask(images[:1], ["この四角は何色ですか?"])[0]
-    assert 0.0 <= foreign.confidence <= 1.0
+    known = model.ask(images[:1], [QUESTION])[0]
+    assert 0.0 <= foreign.confidence < 0.5 < known.confidence, (foreign, known)
+    assert "does not know the words" in foreign.note and known.note is None
+    # A made-up word costs confidence, and is named.
+    garbled = model.ask(images[:1], [QUESTION.replace("square", "qzxv")])[0]
+    assert garbled.confidence < known.confidence and "qzxv" in garbled.note
 
 
 def test_ask_command_prints_json_and_writes_the_answer_map(trained, tmp_path, capsys, caplog):

@@ -18,7 +18,7 @@ from mmodal.config import ModelConfig, dense_config, tiny_config
 from mmodal.data.dataset import DatasetFormatError, read_dataset
 from mmodal.data.generate import generate_shapes
 from mmodal.data.vqa import read_vqa
-from mmodal.model import MModalModel
+from mmodal.model import WORD, MModalModel
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
 from mmodal.training.answer_recipe import (
     answer_modules,
@@ -221,8 +221,15 @@ def build_model(config: TrainConfig, dataset) -> MModalModel:
         return MModalModel.from_pretrained(config.init_from, allow_new_modules=True)
     model_config = {"tiny": tiny_config, "dense": dense_config}.get(config.model, ModelConfig)()
     corpus = [f"{q.question} {q.answer}" for q in dataset.questions] if config.recipe == "vqa" else None
-    tokenizer = build_tokenizer(corpus or tokenizer_corpus(dataset), vocab_size=model_config.text.vocab_size)
+    corpus = corpus or tokenizer_corpus(dataset)
+    tokenizer = build_tokenizer(corpus, vocab_size=model_config.text.vocab_size)
+    model_config.text.known_words = known_words(corpus)
     return MModalModel(model_config, tokenizer)
+
+
+def known_words(corpus: list[str]) -> tuple[str, ...]:
+    """Every word of the training texts, as the model records it (questions with other words get less trust)."""
+    return tuple(sorted({w for text in corpus for w in WORD.findall(text.lower())}))
 
 
 def train(config: TrainConfig, resume: bool = False, for_steps: int | None = None) -> Path | None:
