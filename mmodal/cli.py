@@ -342,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="add the images under folders to an index (resumable)")
     index.add_argument("paths", nargs="*", help="folders or image files (default: the folders indexed before)")
     index.add_argument("--index", required=True, help="index folder (created when missing)")
-    index.add_argument(
-        "--model",
-        help="shapes (default; the Shapes world), photos (real photos, offline), clip:PATH or clip:HUB_NAME (a CLIP "
+    _add_model_options(
+        index,
+        "shapes (default; the Shapes world), photos (real photos, offline), clip:PATH or clip:HUB_NAME (a CLIP "
         "or SigLIP model), swin:PATH (a timm classifier), or a model folder; default for an existing index: its model",
     )
     index.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=64)
@@ -353,9 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--factory", help="FAISS factory string, e.g. Flat, HNSW32,Flat or IVF1024,PQ16 (default: chosen by size)"
     )
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
-    index.add_argument(
-        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
-    )
     index.set_defaults(handler=_index)
 
     search = commands.add_parser("search", help="search an index by text, example image or voice")
@@ -372,23 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     search.add_argument("--no-rerank", dest="rerank", action="store_false", help="rank by embedding similarity only")
-    search.add_argument("--model", help="model name or folder (default: the model that built the index)")
+    _add_model_options(search, "model name or folder (default: the model that built the index)")
     search.add_argument("--json", action="store_true", help='print [{"path", "score", ...}] as JSON')
-    search.add_argument(
-        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
-    )
     search.set_defaults(handler=_search)
 
     ask = commands.add_parser("ask", help="answer a question about an image")
     ask.add_argument("image", help="image file")
     ask.add_argument("question", help='e.g. "what color is the large star?"')
-    ask.add_argument("--model", help="model name or folder (default: shapes; photos only says what a photo shows)")
+    _add_model_options(ask, "model name or folder (default: shapes; photos only says what a photo shows)")
     ask.add_argument("--alternatives", type=int, default=3, help="other answers to list (default 3)")
     ask.add_argument("--explain", metavar="OUT.png", help="write the answer map: where the question looked")
     ask.add_argument("--json", action="store_true", help='print {"answer", "confidence", "alternatives"}')
-    ask.add_argument(
-        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
-    )
     ask.set_defaults(handler=_ask)
 
     dedup = commands.add_parser("dedup", help="list groups of near-duplicate images in an index")
@@ -406,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda c: c.name):
         command.load()(commands)
     return parser
+
+
+def _add_model_options(command: argparse.ArgumentParser, model_help: str) -> None:
+    command.add_argument("--model", help=model_help)
+    command.add_argument(
+        "--allow-download", action="store_true", help="fetch a hub model missing from the local Hugging Face cache"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
