@@ -140,7 +140,9 @@ def _pretrained_folder(name_or_path: str, allow_download: bool) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(name_or_path, local_files_only=not allow_download))
+        # The cache is looked up as the environment says now, not as it said when huggingface_hub was imported.
+        cache = os.environ.get("HF_HUB_CACHE")
+        return Path(snapshot_download(name_or_path, cache_dir=cache, local_files_only=not allow_download))
     except LocalEntryNotFoundError:
         raise ModelNotAvailableError(
             f"{name_or_path} is not in the local Hugging Face cache; pass --allow-download to fetch it, "

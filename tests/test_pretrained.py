@@ -188,10 +188,19 @@ def test_swin_checkpoint_is_bridged_like_photos(model_home, tmp_path):
 
 
 def test_hub_names_come_only_from_the_local_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotAvailableError, match="--allow-download"):
         load_model("clip:openai/clip-vit-base-patch32")
+    # A model already in the cache (laid out as the hub client lays it out) loads by its name.
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--someone--tiny-clip" / "snapshots" / revision
+    _tiny_dual_encoder(snapshot, "clip")
+    (cache / "models--someone--tiny-clip" / "refs").mkdir()
+    (cache / "models--someone--tiny-clip" / "refs" / "main").write_text(revision)
+    model = load_model("clip:someone/tiny-clip")
+    assert model.identity.name == "clip:someone/tiny-clip" and model.embed_dim == 16
     with pytest.raises(ModelNotAvailableError, match="neither a model folder"):
         load_model("clip:no-such-folder")
 
