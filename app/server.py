@@ -415,21 +415,22 @@ def launch(collection: Collection, options: ServeOptions, block: bool = True) ->
     app = build_app(collection, allow_indexing=options.allow_indexing)
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=options.concurrency)
     roots = collection.roots()
-    _, url, _ = app.launch(
-        server_name=options.host,
-        server_port=options.port,
-        auth=list(options.auth) or None,
-        max_file_size=options.max_upload,
-        allowed_paths=roots,
-        blocked_paths=[str(collection.index_dir)],
-        prevent_thread_lock=True,
-        quiet=True,
-        footer_links=["api"],
-        show_error=True,
-        state_session_capacity=SESSION_CAPACITY,
-    )
-    # The server answers from here on, so a Ctrl-C may come at any line below: each path out closes it.
+    # The server answers as soon as its thread starts, inside ``launch``, so a Ctrl-C may come at any line from
+    # there on; every way out closes the server, whose thread would otherwise keep the process alive.
     try:
+        _, url, _ = app.launch(
+            server_name=options.host,
+            server_port=options.port,
+            auth=list(options.auth) or None,
+            max_file_size=options.max_upload,
+            allowed_paths=roots,
+            blocked_paths=[str(collection.index_dir)],
+            prevent_thread_lock=True,
+            quiet=True,
+            footer_links=["api"],
+            show_error=True,
+            state_session_capacity=SESSION_CAPACITY,
+        )
         add_thumbnail_route(app, collection.path_of)
         if block:
             print(f"mmodal is serving {collection.index_dir} at {url}\nopen that address in a browser; Ctrl-C stops")
