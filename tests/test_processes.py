@@ -67,8 +67,13 @@ def many_pictures(tmp_path_factory):
 
 
 def _start(args: list[str]) -> subprocess.Popen:
+    # Ctrl-C as a terminal sends it, even when the suite itself runs in the background, where the shell has
+    # set SIGINT to be ignored and children would inherit that.
     return subprocess.Popen(
-        [sys.executable, "-m", "mmodal.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "mmodal.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
