@@ -35,10 +35,10 @@ class ImageEncoderConfig:
         return self.image_size // self.patch_size // 2 ** (len(self.depths) - 1)
 
 
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (B, 3, S, S) → the tower's normalised float input."""
-    mean = torch.tensor(PIXEL_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=pixels.device).view(1, 3, 1, 1)
+def normalize_pixels(pixels: torch.Tensor, mean=PIXEL_MEAN, std=PIXEL_STD) -> torch.Tensor:
+    """uint8 pixels (B, 3, S, S) → a tower's normalised float input (the Shapes towers' statistics by default)."""
+    mean = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
     return (pixels.float() / 255.0 - mean) / std
 
 

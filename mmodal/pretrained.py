@@ -27,6 +27,7 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 from encoders.errors import TowerInputError
+from encoders.image import normalize_pixels
 from encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
 from encoders.pixels import letterboxed_batch
 from encoders.sentence import SentenceEncoder
@@ -75,12 +76,6 @@ class ConSEConfig:
         return cls(**data)
 
 
-def _normalized(pixels: torch.Tensor, mean, std) -> torch.Tensor:
-    mean = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
-
-
 def _letterboxed(images: Sequence[Image.Image], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         pixels, frames = letterboxed_batch(images, size)
@@ -99,7 +94,9 @@ class ConSEModel(nn.Module, RetrievalModel):
         self.text = SentenceEncoder(config.text, tokenizer)
         self.bridge = ConSEBridge(len(config.class_names), self.text.width, config.top_k, config.temperature)
         self.source = None
-        self._traced: torch.jit.ScriptModule | None = None
+        # The frozen CPU graph of the classifier, built on first use; held in a dict so that it is not registered
+        # as a submodule (it would enter the state dict, the weights hash and saved folders).
+        self._frozen: dict[str, torch.jit.ScriptModule] = {}
 
     @property
     def model_name(self) -> str:
@@ -124,15 +121,15 @@ class ConSEModel(nn.Module, RetrievalModel):
 
     def class_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Letterboxed uint8 pixels (B, 3, S, S) → class logits (B, C)."""
-        x = _normalized(pixels.to(self.device), self.config.mean, self.config.std)
+        x = normalize_pixels(pixels.to(self.device), self.config.mean, self.config.std)
         x = x.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cpu" and not self.training:
             # A frozen TorchScript graph folds the batch norms into the convolutions: about 1.5× faster on CPU.
-            if self._traced is None:
+            if "classifier" not in self._frozen:
                 with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.compile, which
                     warnings.simplefilter("ignore", DeprecationWarning)  # compiles for minutes on a first call
-                    self._traced = torch.jit.freeze(torch.jit.trace(self.classifier, x[:1]))
-            return self._traced(x)
+                    self._frozen["classifier"] = torch.jit.freeze(torch.jit.trace(self.classifier, x[:1]))
+            return self._frozen["classifier"](x)
         return self.classifier(x)
 
     @torch.inference_mode()
@@ -144,10 +141,12 @@ class ConSEModel(nn.Module, RetrievalModel):
         pixels, frames = _letterboxed(images, self.input_size)
         return torch.from_numpy(self.encode_pixels(pixels, frames)[0])
 
+    @property
+    def rescores_text_hits(self) -> bool:
+        return bool(self.config.hubness_weight)
+
     @torch.inference_mode()
-    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray | None:
-        if not self.config.hubness_weight:
-            return None
+    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         hubness = self.bridge.hubness(torch.from_numpy(vectors).to(self.device)).cpu().numpy()
         return scores - self.config.hubness_weight * hubness
 
@@ -293,7 +292,7 @@ class ClipModel(nn.Module, RetrievalModel):
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, None]:
-        x = _normalized(pixels.to(self.device), self.mean, self.std)
+        x = normalize_pixels(pixels.to(self.device), self.mean, self.std)
         return self._features(self.model.get_image_features(pixel_values=x)).cpu().numpy(), None
 
     @torch.inference_mode()

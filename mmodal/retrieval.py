@@ -100,10 +100,14 @@ class RetrievalModel:
         """Texts → (B, D) embeddings."""
         raise NotImplementedError
 
-    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray | None:
-        """Scores for a text query's candidates (K,), given their cosine ``scores`` and stored ``vectors`` (K, D),
-        when the model corrects the cosine (None: rank by it)."""
-        return None
+    @property
+    def rescores_text_hits(self) -> bool:
+        """Whether text searches re-score their candidates with :meth:`rescore_text_hits`."""
+        return False
+
+    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores for a text query's candidates (K,), given their cosine ``scores`` and stored ``vectors`` (K, D)."""
+        raise NotImplementedError
 
     def encode_audio(self, clips) -> torch.Tensor:
         raise UnsupportedQueryError(

@@ -137,16 +137,16 @@ class Searcher:
         rerank = rerank and query.text is not None and self.model.has_slots
         vector, parses = self.query_vector(query, read=rerank)
         text_only = query.text is not None and query.image is None and query.audio is None
-        depth = max(k, rerank_top) if rerank else max(k, RESCORE_TOP) if text_only else k
+        rescore = not rerank and text_only and self.model.rescores_text_hits
+        depth = max(k, rerank_top) if rerank else max(k, RESCORE_TOP) if rescore else k
         hits = self.index.search(vector, depth)[0]
-        if not rerank and text_only and hits:
+        if rescore and hits:
             stored = self.index.vectors_for([hit.item.id for hit in hits])
             scores = self.model.rescore_text_hits(
                 np.array([hit.score for hit in hits], np.float32), np.stack([stored[hit.item.id] for hit in hits])
             )
-            if scores is not None:
-                order = np.argsort(-scores, kind="stable")[:k]
-                return [_result(hits[i], float(scores[i]), None) for i in order]
+            order = np.argsort(-scores, kind="stable")[:k]
+            return [_result(hits[i], float(scores[i]), None) for i in order]
         if not rerank or not hits:
             return [_result(hit, hit.score, None) for hit in hits[:k]]
         slots = self._slots(hits)

@@ -21,7 +21,7 @@ from mmodal.cli import main
 from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
 from mmodal.loading import ModelNotAvailableError, load_model, open_index
 from mmodal.pipeline import index_collection
-from mmodal.retrieval import UnsupportedQueryError
+from mmodal.retrieval import UnsupportedQueryError, weights_hash
 from mmodal.search import Query, Searcher
 
 # A photo from another package than the test photos' (gradio's own sample images).
@@ -78,6 +78,9 @@ def test_photos_model_names_what_a_photo_shows(photos):
     texts = photos.encode_text(["a lion", "a bicycle", "a cup of coffee"])
     assert torch.allclose(image.norm(dim=-1), torch.ones(1), atol=1e-5)
     assert (texts @ image.T).argmax() == 0
+    # The frozen CPU graph built by that first encoding is no part of the model's weights or identity.
+    assert not any(k.startswith("_") for k in photos.state_dict())
+    assert weights_hash(photos, photos.vector_settings) == photos.identity.weights_hash
 
 
 @pytest.mark.slow
