@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.route_utils import get_api_call_path, get_root_url
 
+from app.collection import Collection
 from app.inputs import audio_upload, image_upload, whole_number_slider
 from app.settings import (
     CACHE_MAX_AGE_SECONDS,
@@ -29,14 +29,10 @@ from app.settings import (
     SESSION_CAPACITY,
 )
 from app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
-from indexes.collection import ImageIndex
-from indexes.errors import IndexBusyError, IndexProblem
-from indexes.manifest import MANIFEST_FILE
+from indexes.errors import IndexProblem
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.explain import answer_picture
-from mmodal.loading import EMBEDDED_NAMES, index_model_name, load_model
-from mmodal.pipeline import IndexSummary, index_collection
-from mmodal.retrieval import RetrievalModel
+from mmodal.loading import EMBEDDED_NAMES
 from mmodal.search import Query, Searcher, SearchResult
 
 log = logging.getLogger(__name__)
@@ -65,76 +61,6 @@ def parse_auth(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f'give credentials as "user:password" (several separated by commas), got {entry!r}')
         pairs.append((user, password))
     return tuple(pairs)
-
-
-class Collection:
-    """The model and the index the app serves; the index is reopened after each indexing run."""
-
-    def __init__(self, index_dir: str | os.PathLike, model: RetrievalModel):
-        self.index_dir = Path(index_dir).resolve()
-        self.model = model
-        self._searcher: Searcher | None = None
-        self._swap = threading.Lock()
-        self._indexing = threading.Lock()
-        if not (self.index_dir / MANIFEST_FILE).is_file():
-            # An empty index, so the app starts and folders can be added from the Index tab.
-            ImageIndex.open_for_writing(self.index_dir, model.identity, model_source=model.source or "").close()
-
-    @classmethod
-    def open(cls, index_dir: str | os.PathLike, model_name: str | None = None) -> Collection:
-        """The index's own model unless one is named."""
-        return cls(index_dir, load_model(model_name or index_model_name(index_dir)))
-
-    def use_model(self, name: str) -> None:
-        """Another model for an index that holds no image yet (the Index tab's model choice)."""
-        if name == self.model.source:
-            return
-        if not self._indexing.acquire(blocking=False):
-            raise IndexBusyError("the index is being updated; wait for that run to finish")
-        try:
-            model = load_model(name)
-            ImageIndex.remodel_empty(self.index_dir, model.identity, model_source=model.source or "")
-            with self._swap:
-                self.model, self._searcher = model, None
-        finally:
-            self._indexing.release()
-
-    def searcher(self) -> Searcher:
-        with self._swap:
-            if self._searcher is None:
-                self._searcher = Searcher(self.model, ImageIndex.open(self.index_dir))
-            return self._searcher
-
-    def path_of(self, item_id: int) -> str | None:
-        return self.searcher().index.path_of(item_id)
-
-    def roots(self) -> list[str]:
-        return self.searcher().index.roots()
-
-    def stats(self) -> dict:
-        return self.searcher().index.stats()
-
-    def search(self, query: Query, k: int, rerank: bool) -> list[SearchResult]:
-        return self.searcher().search(query, k=k, rerank=rerank)
-
-    def listen(self, query: Query):
-        return self.searcher().listen(query)
-
-    def add(self, folder: str) -> IndexSummary:
-        path = Path(folder).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"no folder or file at {folder} on the server")
-        if not self._indexing.acquire(blocking=False):
-            raise IndexBusyError("the index is being updated; wait for that run to finish")
-        try:
-            summary = index_collection(self.model, [path], self.index_dir, workers=min(2, os.cpu_count() or 1))
-        finally:
-            self._indexing.release()
-            with self._swap:
-                # The next search opens the index afresh; a search still running keeps the old one until it
-                # ends (its SQLite connection closes when the last reference goes).
-                self._searcher = None
-        return summary
 
 
 # ------------------------------------------------------------------------------------------- handlers
