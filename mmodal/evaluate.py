@@ -4,7 +4,9 @@ ground-truth slots), recall@K of the embedding, the detector per object, foils, 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -13,9 +15,11 @@ import torchaudio
 from PIL import Image
 from tqdm import tqdm
 
+from indexes.collection import ImageIndex
+from indexes.metadata import NewItem
 from mmodal.data.dataset import Dataset
 from mmodal.model import MModalModel
-from mmodal.search import RERANK_TOP
+from mmodal.search import RERANK_TOP, Query, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -101,30 +105,33 @@ def evaluate(
     texts = [q.text for q in dataset.queries]
     routed: list[torch.Tensor] = []
     entropies: list[float] = []
-    text_batches = _text_features(model, texts, batch_size, routed, entropies)
-    text_emb = torch.cat([b[2] for b in text_batches])
-    similarity = text_emb @ image_emb.t()  # (Q, N)
-    embedding_rankings = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in similarity]
-    result = {
-        "images": len(dataset.images),
-        "queries": len(dataset.queries),
-        "search": {"embedding": _search_metrics(embedding_rankings, dataset, index_of)},
-    }
-    if model.has_slots:
-        result["search"]["recall_at"] = _recall_at(embedding_rankings, dataset, index_of)
-        result["search"]["rerank_top"] = rerank_top
-        parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
-        reranked = _rerank(model, embedding_rankings, parses, slots, rerank_top)
-        result["search"]["reranked"] = _search_metrics(reranked, dataset, index_of)
-        if all(r.scene is not None for r in dataset.images):
-            result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
-            result["detector"] = _detector_metrics(model, dataset, slots)
+    _text_features(model, texts, batch_size, routed, entropies)
+    with tempfile.TemporaryDirectory(prefix="mmodal-eval-") as folder:
+        ranker = _Ranker(model, dataset, image_emb, slots, Path(folder), rerank_top)
+        try:
+            embedding_rankings = [ranker.rank(Query(text=t), rerank=False) for t in _progress(texts, "search")]
+            result = {
+                "images": len(dataset.images),
+                "queries": len(dataset.queries),
+                "search": {"embedding": _search_metrics(embedding_rankings, dataset, index_of)},
+            }
+            typed = embedding_rankings
+            if model.has_slots:
+                result["search"]["recall_at"] = _recall_at(embedding_rankings, dataset, index_of)
+                result["search"]["rerank_top"] = rerank_top
+                typed = [ranker.rank(Query(text=t)) for t in _progress(texts, "re-rank")]
+                result["search"]["reranked"] = _search_metrics(typed, dataset, index_of)
+                if all(r.scene is not None for r in dataset.images):
+                    parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
+                    result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
+                    result["detector"] = _detector_metrics(model, dataset, slots)
+            spoken = [q for q in dataset.queries if q.audio]
+            if spoken:
+                result["speech"] = _speech_metrics(model, dataset, spoken, ranker, dict(zip(texts, typed)))
+        finally:
+            ranker.close()
     if dataset.foils:
         result["foils"] = _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size)
-    spoken = [q for q in dataset.queries if q.audio]
-    if spoken:
-        typed = dict(zip(texts, reranked if model.has_slots else embedding_rankings))
-        result["speech"] = _speech_metrics(model, dataset, spoken, image_emb, slots, index_of, typed, rerank_top)
     if dataset.questions:
         result["vqa"] = evaluate_vqa(model, dataset, blind=blind)
     if model.config.text.n_routed_experts:
@@ -138,15 +145,47 @@ def evaluate(
     return result
 
 
-def _rerank(model: MModalModel, rankings: list[np.ndarray], parses, slots: torch.Tensor, rerank_top: int):
-    """Each embedding ranking with its top ``rerank_top`` re-ordered by the slot reasoner's reading of its text."""
-    reranked = []
-    for ranking, parse in tqdm(list(zip(rankings, parses)), desc="re-rank", unit="query", leave=False):
-        top = ranking[:rerank_top].copy()
-        probability = model.decide(parse, slots[torch.as_tensor(top)]).probability.float().cpu().numpy()
-        order = np.argsort(-probability, kind="stable")  # ties keep the embedding's order
-        reranked.append(np.concatenate([top[order], ranking[rerank_top:]]))
-    return reranked
+class _Ranker:
+    """The test images in a real index (their vectors and present slots, as indexing stores them) and the
+    Searcher that `mmodal search` uses over it, so the rankings measured are the ones users get."""
+
+    def __init__(self, model, dataset: Dataset, image_emb, slots, folder: Path, rerank_top: int):
+        sizes = [Image.open(dataset.image_path(r)).size for r in dataset.images]
+        with ImageIndex.open_for_writing(folder, model.identity) as writer:
+            ids = writer.write_batch(
+                [
+                    NewItem(
+                        path=str(dataset.image_path(r)),
+                        content_hash=r.id,
+                        size=0,
+                        mtime_ns=0,
+                        width=size[0],
+                        height=size[1],
+                        format=None,
+                        vector=e.float().numpy(),
+                        slots=s[s[:, 0] > 0].float().numpy() if model.has_slots else None,
+                    )
+                    for r, size, e, s in zip(dataset.images, sizes, image_emb, slots)
+                ]
+            )
+            writer.sync()
+        self.row_of = {item_id: row for row, item_id in enumerate(ids)}
+        self.index = ImageIndex.open(folder, model.identity)
+        self.searcher = Searcher(model, self.index)
+        self.rerank_top = rerank_top
+        self.n = len(ids)
+
+    def rank(self, query: Query, rerank: bool = True) -> np.ndarray:
+        """Every test image's row, best first."""
+        hits = self.searcher.search(query, k=self.n, rerank=rerank, rerank_top=self.rerank_top)
+        return np.array([self.row_of[hit.id] for hit in hits])
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def _progress(items, what: str):
+    return tqdm(items, desc=what, unit="query", leave=False)
 
 
 def _recall_at(rankings: list[np.ndarray], dataset: Dataset, index_of: dict[str, int]) -> dict:
@@ -302,13 +341,13 @@ def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> di
     }
 
 
-def _speech_metrics(model, dataset, spoken, image_emb, slots, index_of, typed, rerank_top, batch_size=64) -> dict:
+def _speech_metrics(model, dataset, spoken, ranker: _Ranker, typed: dict[str, np.ndarray], batch_size=64) -> dict:
     """Spoken queries searched as users' are: by the transcript's words when the model hears them clearly (text
     path, re-ranked), else by the clip's sound; beside them the same queries typed, by sound alone, and the
     word error rate by noise level."""
     clips = [soundfile.read(dataset.root / q.audio, dtype="float32") for q in spoken]
-    sound = torch.cat([model.encode_audio(chunk) for chunk in _chunks(clips, batch_size)]) @ image_emb.t()
-    sound_rankings = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in sound]
+    index_of = {r.id: i for i, r in enumerate(dataset.images)}
+    sound_rankings = [ranker.rank(Query(audio=clip)) for clip in _progress(clips, "search by sound")]
     by_sound = _search_metrics(sound_rankings, dataset, index_of, spoken)["all"]
     result = {"n": len(spoken), "sound": {k: by_sound[k] for k in ("p@10", "map")}}
     typed_all = _search_metrics([typed[q.text] for q in spoken], dataset, index_of, spoken)["all"]
@@ -325,15 +364,8 @@ def _speech_metrics(model, dataset, spoken, image_emb, slots, index_of, typed, r
             words[level] += len(truth)
     heard = [i for i, t in enumerate(transcripts) if t.heard]
     rankings = list(sound_rankings)
-    if heard:
-        texts = [transcripts[i].text for i in heard]
-        similarity = torch.cat([model.encode_text(c) for c in _chunks(texts, batch_size)]) @ image_emb.t()
-        by_words = [np.argsort(-row.float().cpu().numpy(), kind="stable") for row in similarity]
-        if model.has_slots:
-            parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
-            by_words = _rerank(model, by_words, parses, slots, rerank_top)
-        for i, ranking in zip(heard, by_words):
-            rankings[i] = ranking
+    for i in heard:
+        rankings[i] = ranker.rank(Query(text=transcripts[i].text))
     spoken_all = _search_metrics(rankings, dataset, index_of, spoken)["all"]
     confidences = np.array([t.confidence for t in transcripts])
     return {

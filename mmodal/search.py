@@ -149,15 +149,21 @@ class Searcher:
             return [_result(hits[i], float(scores[i]), None) for i in order]
         if not rerank or not hits:
             return [_result(hit, hit.score, None) for hit in hits[:k]]
-        slots = self._slots(hits)
+        # The reasoner re-orders the top ``rerank_top``; deeper hits follow in the embedding's order.
+        candidates, deeper = hits[:rerank_top], hits[rerank_top:k]
+        slots = self._slots(candidates)
         decision = self.model.decide(parses[0], slots)
         probability = decision.probability
         for negative in parses[1:]:
             probability = probability * (1 - self.model.decide(negative, slots).probability)
         probabilities = probability.tolist()
-        order = sorted(range(len(hits)), key=lambda i: (-probabilities[i], -hits[i].score))[:k]
+        order = sorted(range(len(candidates)), key=lambda i: (-probabilities[i], -candidates[i].score))[:k]
         position = slots[..., self.model.slot_encoder.layout.position]
-        return [_result(hits[i], probabilities[i], probabilities[i], _matched(decision, position[i], i)) for i in order]
+        reranked = [
+            _result(candidates[i], probabilities[i], probabilities[i], _matched(decision, position[i], i))
+            for i in order
+        ]
+        return reranked + [_result(hit, hit.score, None) for hit in deeper]
 
     def _slots(self, hits: Sequence[Hit]) -> torch.Tensor:
         """The candidates' stored slots, zero-padded: (K, N, slot_dim)."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,24 @@ def test_cli_trains_and_evaluates(shapes_train_dir, shapes_test_dir, tmp_path, c
     assert main(["eval", "--model", str(out / "model"), str(out / "model"), "--data", str(shapes_test_dir)]) == 0
     table = capsys.readouterr().out
     assert "search embedding P@10 all" in table and "foil color_swap reranked" in table
+
+
+@pytest.mark.slow
+def test_evaluation_measures_the_rankings_users_get(model, dataset, shapes_test_dir, tmp_path):
+    """P@10 from `mmodal eval` equals P@10 of the same queries searched over an index built by `mmodal index`."""
+    from mmodal.loading import open_index
+    from mmodal.pipeline import index_collection
+    from mmodal.search import Query, Searcher
+
+    report = evaluate(model, dataset)
+    index_collection(model, [shapes_test_dir / "images"], tmp_path / "index", show_progress=False)
+    index, _ = open_index(tmp_path / "index", "shapes")
+    searcher = Searcher(model, index)
+    row_of = {str(dataset.image_path(r).resolve()): i for i, r in enumerate(dataset.images)}
+    found = []
+    for query in dataset.queries:
+        hits = searcher.search(Query(text=query.text), k=10)
+        rows = np.array([row_of[str(Path(hit.path).resolve())] for hit in hits])
+        found.append(precision_at_10(rows, {i for i, r in enumerate(dataset.images) if r.id in query.relevant}))
+    index.close()
+    assert report["search"]["reranked"]["all"]["p@10"] == pytest.approx(np.mean(found), abs=1e-4)
