@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +57,8 @@ CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT NOT NULL
 
 
 @dataclass(frozen=True)
-class NewItem:
-    """An image the model has just encoded, ready to be stored."""
+class ImageFile:
+    """An image file as the index records it: where it is, its content's hash, its size on disk and in pixels."""
 
     path: str
     content_hash: str
@@ -67,8 +67,18 @@ class NewItem:
     width: int
     height: int
     format: str | None
+
+
+@dataclass(frozen=True)
+class NewItem(ImageFile):
+    """An image the model has just encoded, ready to be stored."""
+
     vector: np.ndarray  # (D,) float32
     slots: np.ndarray | None = None  # (n_slots, slot_dim) float32, n_slots 0..16; None when the model gave none
+
+    @classmethod
+    def encoded(cls, file: ImageFile, vector: np.ndarray, slots: np.ndarray | None = None) -> NewItem:
+        return cls(**{f.name: getattr(file, f.name) for f in fields(ImageFile)}, vector=vector, slots=slots)
 
 
 @dataclass(frozen=True)

@@ -160,17 +160,7 @@ def _encode_files(
             frames = torch.tensor([letterbox_frame(d.width, d.height) for d in to_encode])
             vectors, slots = model.encode_pixels(pixels, frames)
             new_items = [
-                NewItem(
-                    d.path,
-                    d.content_hash,
-                    d.size,
-                    d.mtime_ns,
-                    d.width,
-                    d.height,
-                    d.format,
-                    v,
-                    None if slots is None else s[s[:, 0] > 0],
-                )
+                NewItem.encoded(d, v, None if s is None else s[s[:, 0] > 0])
                 for d, v, s in zip(to_encode, vectors, slots if slots is not None else [None] * len(vectors))
             ]
         new_ids = index.write_batch(new_items, relinked, [(s.path, s.reason, s.size, s.mtime_ns) for s in skipped])

@@ -309,13 +309,17 @@ def server_errors(log: str) -> Counter:
     return found
 
 
-def serve(index_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def serve(
+    index_dir: Path, port: int, log_path: Path, indexing: bool = False, env: dict | None = None
+) -> subprocess.Popen:
     """`mmodal serve` in its own process group, answering once its page loads."""
     log = log_path.open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mmodal.cli", "serve", "--index", str(index_dir), "--port", str(port), "--no-indexing"],
+        [sys.executable, "-m", "mmodal.cli", "serve", "--index", str(index_dir), "--port", str(port)]
+        + ([] if indexing else ["--no-indexing"]),
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
         start_new_session=True,
     )
     deadline = time.monotonic() + 180

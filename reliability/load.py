@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from reliability.fuzz import call, stop, upload
+from reliability.fuzz import call, serve, stop, upload
 
 MIX = (("text", 0.6), ("image", 0.15), ("voice", 0.1), ("ask", 0.15))
 
@@ -43,27 +43,6 @@ def server_memory_mib(pid: int) -> float:
 def folder_mib(folder: Path) -> tuple[int, float]:
     files = [p for p in folder.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files) / 2**20
-
-
-def _serve(index_dir: Path, port: int, cache: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache)}
-    out = log.open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mmodal.cli", "serve", "--index", str(index_dir), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(1)
-    stop(server)
-    raise RuntimeError(f"the app did not start; see {log}")
 
 
 def _client(url: str, deadline: float, seed: int, mix, texts, images, clips, questions, think: float, record) -> None:
@@ -144,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     mix = MIX if clips else tuple(m for m in MIX if m[0] != "voice")
 
     cache = out / "gradio-cache"
-    server = _serve(out / "index", args.port, cache, out / "server.log")
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache)}
+    server = serve(out / "index", args.port, out / "server.log", indexing=True, env=env)
     url = f"http://127.0.0.1:{args.port}"
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)

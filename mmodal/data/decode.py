@@ -10,18 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.pixels import letterboxed_array
+from indexes.metadata import ImageFile
 from mmodal.data.images import MAX_PIXELS, ImageSkipped, read_image, stat_file
 
 
 @dataclass(frozen=True)
-class DecodedFile:
-    path: str
-    content_hash: str
-    size: int
-    mtime_ns: int
-    width: int
-    height: int
-    format: str | None
+class DecodedFile(ImageFile):
     pixels: np.ndarray  # (3, S, S) uint8, letterboxed
 
 
