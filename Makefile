@@ -35,6 +35,7 @@ test: system-test $(STAMP)
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# The README's screenshots, taken by the browser test as it drives the app.
+# The README's screenshots, taken by the browser test as it drives the app; its collection lies in /tmp/photos
+# so the paths the page shows read as a user's would.
 screenshots: system-test $(STAMP)
-	MMODAL_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_browser.py
+	MMODAL_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_browser.py --basetemp=/tmp/photos

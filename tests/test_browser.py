@@ -41,6 +41,12 @@ def page(served):
         browser.close()
 
 
+def _screenshot(page, path: Path) -> None:
+    """The page once every event has finished (Gradio dims an output while its event is pending)."""
+    page.wait_for_function("!document.querySelector('.pending, .eta-bar, .progress-text')")
+    page.screenshot(path=str(path), full_page=True)
+
+
 @pytest.fixture()
 def shots(tmp_path) -> Path:
     folder = Path(os.environ.get("MMODAL_SCREENSHOTS") or tmp_path)
@@ -65,7 +71,7 @@ def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model,
     picked = page.locator("#picked img")
     picked.wait_for(state="visible")
     assert "gradio_api/file=" in picked.get_attribute("src")
-    page.screenshot(path=str(shots / "search.png"), full_page=True)
+    _screenshot(page, shots / "search.png")
 
     record = next(q for q in dataset.questions if q.type == "count")
     image_file = dataset.root / next(r.file for r in dataset.images if r.id == record.image_id)
@@ -78,7 +84,7 @@ def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model,
     page.locator("#ask-button").click()
     page.wait_for_function("document.querySelector('#answer textarea').value.length > 0")
     assert page.locator("#answer textarea").input_value() == expected.answer
-    page.screenshot(path=str(shots / "ask.png"), full_page=True)
+    _screenshot(page, shots / "ask.png")
 
     page.get_by_role("tab", name="Index").click()
     assert page.locator("#model-choice input").input_value() == "shapes"  # the index's model, while it may change
@@ -92,4 +98,4 @@ def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model,
     page.wait_for_function(f"document.querySelector('#index-stats').innerText.includes('{extra.name}')")
     shown = "".join(stats.inner_text().split())
     assert f'"images":{collection.stats()["images"]},' in shown
-    page.screenshot(path=str(shots / "index.png"), full_page=True)
+    _screenshot(page, shots / "index.png")
