@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 
 import pytest
+import torch
+
+# Triton decides at decoration time whether its kernels run on the GPU or in its interpreter, so the
+# interpreter is switched on before any module that defines kernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mmodal.data.dataset import read_dataset
 from mmodal.data.generate import generate_shapes
