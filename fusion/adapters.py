@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.layer_norm_gelu import layer_norm_linear_gelu
+
 
 class AttentionPool(nn.Module):
     """Pools a token sequence with several learned queries plus a max over tokens (masked tokens ignored).
@@ -71,5 +73,5 @@ class SlotPooler(nn.Module):
         """slots (B, N, F), presence in column 0 → (B, D)."""
         presence = slots[..., :1]  # (B, N, 1)
         pooled = (self.slot_mlp(slots) * presence).sum(dim=1)  # (B, W)
-        embedding = self.project(self.head(pooled))
+        embedding = self.project(layer_norm_linear_gelu(pooled, self.head[0], self.head[1]))
         return F.normalize(embedding, dim=-1) if normalize else embedding

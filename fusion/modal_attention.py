@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kernels.layer_norm_gelu import layer_norm_linear_gelu
+
 
 class GatedCrossAttention(nn.Module):
     """``x + tanh(g) * CrossAttn(x, context)``, then a gated MLP; gates start at zero (Flamingo)."""
@@ -39,7 +41,7 @@ class GatedCrossAttention(nn.Module):
         )
         self.last_weights = weights  # (B, T, S) when kept: where each token looked
         x = x + torch.tanh(self.attention_gate) * attended
-        return x + torch.tanh(self.mlp_gate) * self.mlp(self.norm_mlp(x))
+        return x + torch.tanh(self.mlp_gate) * self.mlp[2](layer_norm_linear_gelu(x, self.norm_mlp, self.mlp[0]))
 
 
 class SelfAttention(nn.Module):
@@ -56,7 +58,7 @@ class SelfAttention(nn.Module):
         padding = ~mask.bool() if mask is not None else None
         h = self.norm(x)
         x = x + self.attention(h, h, h, key_padding_mask=padding, need_weights=False)[0]
-        return x + self.mlp(self.norm_mlp(x))
+        return x + self.mlp[2](layer_norm_linear_gelu(x, self.norm_mlp, self.mlp[0]))
 
 
 class ModalAttentionLayer(nn.Module):
