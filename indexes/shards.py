@@ -1,0 +1,201 @@
+"""Sharded collections: one index per shard, each image in the shard its content hash picks, searched together.
+
+A shard is a whole index folder (metadata store, FAISS file, manifest), so shards are built apart and can be
+copied to other disks or machines. A search asks every shard for its top k at once and merges them by score:
+with exact (Flat) shards that is exactly the top k of one index over all the images.
+
+A shard's item id ``i`` is known outside as ``i * n_shards + shard``, so ids stay unique across shards and
+lead back to their shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from indexes.atomic import write_json
+from indexes.collection import Hit, ImageIndex
+from indexes.errors import IndexNotFoundError, ModelMismatchError
+from indexes.manifest import Manifest, ModelIdentity
+from indexes.metadata import NewItem
+
+SHARDS_FILE = "shards.json"
+
+
+def shard_of(content_hash: str, n_shards: int) -> int:
+    """The shard an image belongs to, from its content hash: spread evenly, and the same on every machine."""
+    digest = hashlib.blake2b(content_hash.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
+
+
+def is_sharded(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / SHARDS_FILE).is_file()
+
+
+def shard_folder(folder: Path, shard: int) -> Path:
+    return folder / f"shard-{shard:03d}"
+
+
+class ShardedIndex:
+    """Several :class:`ImageIndex` shards behind the calls that search and re-ranking make of one index."""
+
+    def __init__(self, folder: Path, shards: list[ImageIndex]):
+        self.folder = folder
+        self.shards = shards
+        self._pool = ThreadPoolExecutor(max_workers=min(len(shards), 16), thread_name_prefix="shard")
+
+    # ------------------------------------------------------------------------------------------ opening
+
+    @classmethod
+    def open_for_writing(
+        cls,
+        folder: str | os.PathLike,
+        model: ModelIdentity,
+        n_shards: int,
+        factory: str | None = None,
+        model_source: str = "",
+    ) -> ShardedIndex:
+        """Opens (creating when absent) a sharded index to add to it; every shard is locked for writing."""
+        folder = Path(folder)
+        if n_shards < 1:
+            raise ValueError(f"a sharded index needs at least one shard, got {n_shards}")
+        if is_sharded(folder):
+            recorded = _read_layout(folder)
+            if recorded["n_shards"] != n_shards:
+                raise ValueError(
+                    f"{folder} holds {recorded['n_shards']} shards, not {n_shards}; images go to the shard their "
+                    "content hash picks, so the number of shards is fixed when the index is made"
+                )
+        elif folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} is not empty and holds no sharded index; choose a new folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / SHARDS_FILE, {"n_shards": n_shards, "model": asdict(model)})
+        shards: list[ImageIndex] = []
+        try:
+            for shard in range(n_shards):
+                shards.append(ImageIndex.open_for_writing(shard_folder(folder, shard), model, factory, model_source))
+        except BaseException:
+            for opened in shards:
+                opened.close()
+            raise
+        return cls(folder, shards)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, model: ModelIdentity | None = None) -> ShardedIndex:
+        """Opens a sharded index to search it; each shard checks its model and its FAISS file."""
+        folder = Path(folder)
+        if not is_sharded(folder):
+            raise IndexNotFoundError(f"no sharded mmodal index in {folder} (it has no {SHARDS_FILE})")
+        n_shards = _read_layout(folder)["n_shards"]
+        shards = [ImageIndex.open(shard_folder(folder, shard), model) for shard in range(n_shards)]
+        models = {json.dumps(asdict(s.manifest.model), sort_keys=True) for s in shards}
+        if len(models) != 1:
+            for shard in shards:
+                shard.close()
+            raise ModelMismatchError(f"the shards of {folder} were embedded by different models: {sorted(models)}")
+        return cls(folder, shards)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- writing
+
+    def write_batch(self, new_items: Sequence[NewItem] = ()) -> list[int]:
+        """Stores new images, each in its shard; returns the outside ids of those not already held."""
+        by_shard: dict[int, list[NewItem]] = {}
+        for item in new_items:
+            by_shard.setdefault(shard_of(item.content_hash, len(self.shards)), []).append(item)
+        ids = []
+        for shard, items in sorted(by_shard.items()):
+            ids.extend(self._outside(shard, i) for i in self.shards[shard].write_batch(items))
+        return ids
+
+    def sync(self) -> tuple[int, int]:
+        """Brings every shard's FAISS file level with its store; returns (added, removed) over all shards."""
+        totals = [shard.sync() for shard in self.shards]
+        return sum(t[0] for t in totals), sum(t[1] for t in totals)
+
+    # ---------------------------------------------------------------------------------------- searching
+
+    @property
+    def manifest(self) -> Manifest:
+        """The first shard's manifest: every shard holds the same model's vectors."""
+        return self.shards[0].manifest
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` images for each query vector over all shards, best first."""
+        per_shard = list(self._pool.map(lambda shard: shard.search(queries, k), self.shards))
+        merged = []
+        for row in range(len(per_shard[0])):
+            candidates = [
+                (
+                    hit.score,
+                    -shard,
+                    -hit.item.id,
+                    Hit(replace(hit.item, id=self._outside(shard, hit.item.id)), hit.score),
+                )
+                for shard, hits in enumerate(per_shard)
+                for hit in hits[row]
+            ]
+            merged.append([c[-1] for c in heapq.nlargest(k, candidates, key=lambda c: c[:3])])
+        return merged
+
+    def slots_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        return self._routed(ids, ImageIndex.slots_for)
+
+    def vectors_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        return self._routed(ids, ImageIndex.vectors_for)
+
+    def count(self) -> int:
+        return sum(shard.count() for shard in self.shards)
+
+    @property
+    def searchable(self) -> int:
+        return sum(shard.searchable for shard in self.shards)
+
+    def counts(self) -> list[int]:
+        """Images in each shard."""
+        return [shard.count() for shard in self.shards]
+
+    # ------------------------------------------------------------------------------------------- ids
+
+    def _outside(self, shard: int, item_id: int) -> int:
+        return int(item_id) * len(self.shards) + shard
+
+    def _routed(self, ids: Iterable[int], fetch) -> dict:
+        n = len(self.shards)
+        by_shard: dict[int, list[int]] = {}
+        for i in ids:
+            by_shard.setdefault(int(i) % n, []).append(int(i) // n)
+        found = {}
+        for shard, local in by_shard.items():
+            found.update({self._outside(shard, i): v for i, v in fetch(self.shards[shard], local).items()})
+        return found
+
+
+def _read_layout(folder: Path) -> dict:
+    try:
+        layout = json.loads((folder / SHARDS_FILE).read_text())
+        if not isinstance(layout.get("n_shards"), int) or layout["n_shards"] < 1:
+            raise ValueError("n_shards")
+        return layout
+    except (OSError, ValueError) as error:
+        raise IndexNotFoundError(
+            f"{folder / SHARDS_FILE} is damaged ({error}); the shard folders beside it are whole indexes"
+        ) from error

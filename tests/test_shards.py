@@ -1,0 +1,106 @@
+"""Sharded indexes: images spread by content hash, and searching the shards together equals one exact index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexes.collection import ImageIndex
+from indexes.errors import ModelMismatchError
+from indexes.manifest import ModelIdentity
+from indexes.metadata import NewItem
+from indexes.shards import ShardedIndex, shard_folder, shard_of
+
+DIM, SLOT_DIM = 16, 5
+MODEL = ModelIdentity(name="test", weights_hash="cd" * 16, dim=DIM, slot_dim=SLOT_DIM)
+
+
+def _items(n: int, seed: int = 0) -> list[NewItem]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [
+        NewItem(
+            f"/photos/{i:04d}.png",
+            f"{rng.integers(2**62):016x}",
+            100 + i,
+            1_000 + i,
+            64,
+            48,
+            "PNG",
+            v,
+            rng.normal(size=(int(rng.integers(0, 4)), SLOT_DIM)).astype(np.float32),
+        )
+        for i, v in enumerate(vectors)
+    ]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The same 400 images in one exact index and in two- and three-shard ones."""
+    root = tmp_path_factory.mktemp("shards")
+    items = _items(400)
+    with ImageIndex.open_for_writing(root / "one", MODEL, factory="Flat") as whole:
+        whole.write_batch(items)
+        whole.sync()
+    for n in (2, 3):
+        with ShardedIndex.open_for_writing(root / f"sharded-{n}", MODEL, n, factory="Flat") as sharded:
+            for start in range(0, len(items), 150):  # several batches, as indexing writes them
+                sharded.write_batch(items[start : start + 150])
+            sharded.sync()
+    return root, items
+
+
+@pytest.mark.parametrize("n_shards", [2, 3])
+def test_shards_together_find_what_one_exact_index_finds(built, n_shards):
+    root, items = built
+    queries = np.random.default_rng(1).normal(size=(25, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    whole = ImageIndex.open(root / "one", MODEL)
+    sharded = ShardedIndex.open(root / f"sharded-{n_shards}", MODEL)
+    try:
+        for k in (1, 10, 400):
+            expected = whole.search(queries, k)
+            found = sharded.search(queries, k)
+            assert [[h.path for h in row] for row in found] == [[h.path for h in row] for row in expected]
+            for row_found, row_expected in zip(found, expected):
+                np.testing.assert_allclose([h.score for h in row_found], [h.score for h in row_expected], rtol=1e-6)
+        assert sharded.count() == whole.count() == len(items)
+    finally:
+        whole.close()
+        sharded.close()
+
+
+def test_each_image_lies_in_the_shard_its_hash_picks(built):
+    root, items = built
+    sharded = ShardedIndex.open(root / "sharded-3", MODEL)
+    try:
+        counts = sharded.counts()
+        assert sum(counts) == len(items) and min(counts) > len(items) / 3 * 0.7  # spread about evenly
+        for shard, index in enumerate(sharded.shards):
+            held = {
+                index.item_for_hash(item.content_hash) is not None
+                for item in items
+                if shard_of(item.content_hash, 3) == shard
+            }
+            assert held == {True}
+        by_path = {item.path: item for item in items}
+        hits = sharded.search(items[7].vector[None], 5)[0]
+        assert hits[0].path == items[7].path
+        slots = sharded.slots_for([h.item.id for h in hits])
+        vectors = sharded.vectors_for([h.item.id for h in hits])
+        for hit in hits:  # outside ids lead back to the right shard's rows
+            np.testing.assert_allclose(slots[hit.item.id], by_path[hit.path].slots, rtol=1e-3, atol=1e-3)  # fp16
+            np.testing.assert_array_equal(vectors[hit.item.id], by_path[hit.path].vector)
+    finally:
+        sharded.close()
+
+
+def test_a_sharded_index_refuses_another_model_and_another_shard_count(built):
+    root, _ = built
+    other = ModelIdentity(name="other", weights_hash="ef" * 16, dim=DIM, slot_dim=SLOT_DIM)
+    with pytest.raises(ModelMismatchError):
+        ShardedIndex.open(root / "sharded-2", other)
+    with pytest.raises(ValueError, match="number of shards is fixed"):
+        ShardedIndex.open_for_writing(root / "sharded-2", MODEL, 4)
+    assert shard_folder(root / "sharded-2", 1).is_dir()
