@@ -90,7 +90,14 @@ def _index(args: argparse.Namespace) -> int:
 
     model = load_model(args.model or index_model_name(args.index), allow_download=args.allow_download)
     summary = index_collection(
-        model, args.paths, args.index, batch_size=args.batch_size, workers=args.workers, factory=args.factory
+        model,
+        args.paths,
+        args.index,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        factory=args.factory,
+        engine=args.engine,
+        ray_address=args.address,
     )
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
@@ -352,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--factory", help="FAISS factory string, e.g. Flat, HNSW32,Flat or IVF1024,PQ16 (default: chosen by size)"
     )
+    index.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where decoding and encoding run: local worker processes, or a Ray cluster (pip install 'mmodal[scale]')",
+    )
+    index.add_argument("--address", help="with --engine ray: the cluster to join (default: start Ray on this machine)")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.set_defaults(handler=_index)
 

@@ -30,6 +30,7 @@ from mmodal.workers import worker_pool
 log = logging.getLogger(__name__)
 
 FILES_PER_TASK = 16  # files a worker decodes per task: enough to amortise the inter-process hop
+ENGINES = ("local", "ray")
 BATCHES_AHEAD = 4  # decoded batches that may wait for the encoder: keeps workers busy while it runs, bounds memory
 
 
@@ -84,12 +85,17 @@ def index_collection(
     workers: int | None = None,
     factory: str | None = None,
     show_progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> IndexSummary:
     """Adds the images under ``roots`` to the index in ``index_dir`` (created when missing).
 
     With no roots, re-scans the folders indexed before. Unchanged files cost one ``stat`` each and no model
-    work; files removed from disk are removed from the index.
+    work; files removed from disk are removed from the index. ``engine="ray"`` decodes and encodes on a Ray
+    cluster (:mod:`mmodal.ray_engine`, at ``ray_address`` or on this machine) instead of local workers.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     started = time.perf_counter()
     summary = IndexSummary()
     with ImageIndex.open_for_writing(
@@ -101,7 +107,17 @@ def index_collection(
         index.add_roots(roots)
         pending = _changed_files(index, roots, summary)
         try:
-            _encode_files(model, index, pending, summary, batch_size, workers or default_workers(), show_progress)
+            _encode_files(
+                model,
+                index,
+                pending,
+                summary,
+                batch_size,
+                workers or default_workers(),
+                show_progress,
+                engine,
+                ray_address,
+            )
         finally:
             summary.removed = _remove_vanished(index, roots)
             added, removed = index.sync()
@@ -144,25 +160,26 @@ def _encode_files(
     batch_size: int,
     workers: int,
     show_progress: bool,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> None:
     if not paths:
         return
-    image_size = model.input_size
     progress = tqdm(total=len(paths), desc="indexing", unit="img", disable=not show_progress or None, smoothing=0.1)
-    to_encode: list[DecodedFile] = []
+    to_encode: list[DecodedFile | NewItem] = []  # a NewItem comes encoded already (by the Ray engine)
     relinked: list[tuple[str, int, int, int]] = []
     skipped: list[SkippedFile] = []
 
+    def take(result: DecodedFile | NewItem | SkippedFile) -> None:
+        if isinstance(result, SkippedFile):
+            skipped.append(result)
+        elif (item_id := index.item_for_hash(result.content_hash)) is not None:
+            relinked.append((result.path, item_id, result.size, result.mtime_ns))
+        else:
+            to_encode.append(result)
+
     def flush() -> None:
-        new_items: list[NewItem] = []
-        if to_encode:
-            pixels = torch.from_numpy(np.stack([d.pixels for d in to_encode]))
-            frames = torch.tensor([letterbox_frame(d.width, d.height) for d in to_encode])
-            vectors, slots = model.encode_pixels(pixels, frames)
-            new_items = [
-                NewItem.encoded(d, v, None if s is None else s[s[:, 0] > 0])
-                for d, v, s in zip(to_encode, vectors, slots if slots is not None else [None] * len(vectors))
-            ]
+        new_items = _new_items(model, to_encode)
         new_ids = index.write_batch(new_items, relinked, [(s.path, s.reason, s.size, s.mtime_ns) for s in skipped])
         summary.indexed += len(new_ids)
         summary.relinked += len(new_items) - len(new_ids)  # copies that arrived together in this batch
@@ -173,6 +190,38 @@ def _encode_files(
         relinked.clear()
         skipped.clear()
 
+    if engine == "ray":
+        records = _encoded_on_ray(model, index, paths, batch_size, ray_address)
+    else:
+        records = _decoded_locally(paths, model.input_size, batch_size, workers)
+    try:
+        for result in records:
+            take(result)
+            if len(to_encode) >= batch_size:
+                flush()
+        flush()
+    finally:
+        records.close()  # stops the decoding workers now, also when a batch failed
+        progress.close()
+
+
+def _new_items(model: RetrievalModel, files: list[DecodedFile | NewItem]) -> list[NewItem]:
+    """The batch as NewItems, in order: decoded files encoded now, encoded ones as they are."""
+    decoded = [f for f in files if isinstance(f, DecodedFile)]
+    if not decoded:
+        return list(files)
+    pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))
+    frames = torch.tensor([letterbox_frame(d.width, d.height) for d in decoded])
+    vectors, slots = model.encode_pixels(pixels, frames)
+    encoded = iter(
+        NewItem.encoded(d, v, None if s is None else s[s[:, 0] > 0])
+        for d, v, s in zip(decoded, vectors, slots if slots is not None else [None] * len(vectors))
+    )
+    return [next(encoded) if isinstance(f, DecodedFile) else f for f in files]
+
+
+def _decoded_locally(paths: list[str], image_size: int, batch_size: int, workers: int) -> Iterator:
+    """Decoded files (or skipped ones) in the order of ``paths``, from a pool of worker processes."""
     with worker_pool(workers, ["mmodal.data.decode"]) as pool:  # workers need only Pillow and numpy
         tasks = _chunks(paths, FILES_PER_TASK)
         in_flight: deque = deque()
@@ -183,22 +232,20 @@ def _encode_files(
                     in_flight.append(pool.submit(decode_files, chunk, image_size))
                 if not in_flight:
                     break
-                for result in in_flight.popleft().result():
-                    if isinstance(result, SkippedFile):
-                        skipped.append(result)
-                    elif (item_id := index.item_for_hash(result.content_hash)) is not None:
-                        relinked.append((result.path, item_id, result.size, result.mtime_ns))
-                    else:
-                        to_encode.append(result)
-                if len(to_encode) >= batch_size:
-                    flush()
-            flush()
-        except BaseException:
+                yield from in_flight.popleft().result()
+        finally:
             for future in in_flight:
                 future.cancel()
-            raise
-        finally:
-            progress.close()
+
+
+def _encoded_on_ray(model: RetrievalModel, index: ImageIndex, paths: list[str], batch_size: int, address):
+    from mmodal.ray_engine import encode_with_ray
+
+    if not model.source:
+        raise ValueError("--engine ray loads the model again on each actor: load it by name or folder (--model)")
+    return encode_with_ray(
+        model.source, paths, model.input_size, model.identity.slot_dim, index.folder, batch_size, address
+    )
 
 
 def _remove_vanished(index: ImageIndex, roots: list[str]) -> int:
