@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kernels.contrastive import multi_positive_nce
 from mmodal.data.dataset import read_dataset
 from mmodal.evaluate import average_precision, evaluate, precision_at_10
 from mmodal.shapes.semantics import HELD_OUT_PAIRS
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import ShapesTrainingData
 from mmodal.training.loop import build_model, compute_losses, train
-from mmodal.training.losses import multi_positive_nce
 
 
 def _config(tmp_path, data, **overrides):

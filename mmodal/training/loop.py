@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from encoders.tokenizer import build_tokenizer
+from kernels.contrastive import contrastive_loss, multi_positive_nce
 from mmodal.config import ModelConfig, dense_config, tiny_config
 from mmodal.data.dataset import DatasetFormatError, read_dataset
 from mmodal.data.generate import generate_shapes
@@ -29,7 +30,6 @@ from mmodal.training.answer_recipe import (
 from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import Batch, ShapesTrainingData
-from mmodal.training.losses import multi_positive_nce, symmetric_nce
 from mmodal.training.mining import NeighbourBank
 from mmodal.training.slot_recipe import (
     SlotTrainingData,
@@ -141,12 +141,12 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
     image_emb = model.embed_image_tokens(image_tokens)
     scale = model.logit_scale.exp().clamp(max=100.0)
     positives = batch.positives.to(device)
-    similarity = image_emb @ text_emb[:n].t()  # (B, B)
-    losses = {"nce": symmetric_nce(scale * similarity, positives), "moe": moe_aux}
+    losses = {"nce": contrastive_loss(image_emb, text_emb[:n], scale, positives).loss, "moe": moe_aux}
     if foil_rows:
         rows = torch.tensor(foil_rows, device=device)
+        similarity = image_emb[rows] @ text_emb[:n].t()  # (F, B): only the foil rows' logits are needed here
         foil_sim = (image_emb[rows] * text_emb[n : n + len(foil_rows)]).sum(-1, keepdim=True)  # (F, 1)
-        logits = torch.cat([similarity[rows], foil_sim], dim=1) * scale
+        logits = torch.cat([similarity, foil_sim], dim=1) * scale
         foil_pos = torch.cat([positives[rows], torch.zeros_like(foil_sim, dtype=torch.bool)], dim=1)
         losses["foil"] = config.foil_loss_weight * multi_positive_nce(logits, foil_pos)
     qa_rows = [i for i, qa in enumerate(batch.questions) if qa][: config.vqa_per_step] if full else []
@@ -168,7 +168,7 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
         # Speech learns to land where its text and its images already are; while the audio tower is young
         # its gradients would only shake the text and image towers, so they do not flow back into them.
         spoken_emb = spoken_emb.detach()
-        loss = symmetric_nce(scale * audio_emb @ spoken_emb.t(), same_text)
+        loss = contrastive_loss(audio_emb, spoken_emb, scale, same_text).loss
         loss = loss + (1 - (audio_emb * spoken_emb).sum(dim=-1)).mean()  # dense pull towards its own text
         if full:
             scenes_ok = torch.tensor([[s.holds(sc) for sc in batch.scenes] for s in audio_statements], device=device)

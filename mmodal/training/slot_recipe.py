@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from encoders.pixels import letterbox_frame
 from fusion.reasoner import PART_KINDS, parse_loss
+from kernels.contrastive import multi_positive_nce
 from mmodal.config import ModelConfig, with_slots
 from mmodal.data.dataset import Dataset
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
@@ -30,7 +31,6 @@ from mmodal.shapes.semantics import COLORS, RELATIONS, SHAPES, SIZES, Scene
 from mmodal.shapes.world import any_statement, one_word_changed
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import draw_foil, draw_statement
-from mmodal.training.losses import multi_positive_nce
 from mmodal.training.perception import PerceptionData, perception_losses
 from mmodal.training.slots import ground_truth_slots, parse_targets, relation_targets
 

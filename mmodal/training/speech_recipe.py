@@ -31,12 +31,12 @@ from transformers import PreTrainedTokenizerFast
 
 from encoders.audio import SAMPLE_RATE
 from encoders.transcribe import count_bigram
+from kernels.contrastive import contrastive_loss
 from mmodal.config import ModelConfig
 from mmodal.data.dataset import Dataset, read_dataset
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes.speech import Voice, synthesize
 from mmodal.training.config import TrainConfig
-from mmodal.training.losses import symmetric_nce
 from mmodal.training.slot_recipe import load_towers
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def speech_losses(model: MModalModel, data: SpeechTrainingData, n: int, rng: np.
     texts = [data.texts[p] for p in picks[spoken].tolist()]
     same_text = torch.tensor([[a == b for b in texts] for a in texts], device=device)
     scale = model.logit_scale.detach().exp()
-    align = symmetric_nce(scale * audio_emb @ text_emb.t(), same_text) + (1 - (audio_emb * text_emb).sum(-1)).mean()
+    align = contrastive_loss(audio_emb, text_emb, scale, same_text).loss + (1 - (audio_emb * text_emb).sum(-1)).mean()
     return {"ctc": ctc, "audio": config.audio_loss_weight * align}
 
 
