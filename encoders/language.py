@@ -16,6 +16,9 @@ from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from kernels.attention import masked_attention
+from kernels.moe import moe_experts
+
 
 @dataclass
 class TextConfig:
@@ -150,17 +153,9 @@ class SparseMoE(nn.Module):
         router_in = tokens
         if self.training and self.jitter > 0:
             router_in = tokens * torch.empty_like(tokens).uniform_(1 - self.jitter, 1 + self.jitter)
-        probs = self.router(router_in).float().softmax(dim=-1)  # (N, E)
-        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
-        routed = torch.zeros_like(tokens)
-        for e in range(self.n_experts):
-            rows, slot = torch.where((experts == e) & keep[:, None])
-            if rows.numel() == 0:
-                continue
-            gate, up = (tokens[rows] @ self.w_gate_up[e]).chunk(2, dim=-1)
-            out = (F.silu(gate) * up) @ self.w_down[e]  # (n_e, H)
-            routed.index_add_(0, rows, out * weights[rows, slot, None])
+        router_logits = self.router(router_in)  # (N, E)
+        probs = router_logits.float().softmax(dim=-1)
+        routed, _, experts = moe_experts(tokens, router_logits, self.w_gate_up, self.w_down, self.top_k, keep)
         out = routed + (self.shared(tokens) if self.shared is not None else 0)
         # Load balance (Switch Transformer): E * sum_e fraction_of_assignments_e * mean_prob_e, over real tokens.
         real = probs[keep]
@@ -183,25 +178,15 @@ class Block(nn.Module):
         self.moe = SparseMoE(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, token_mask: torch.Tensor | None):
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor, causal: bool = False, n_prefix: int = 0):
+        """token_mask (B, T) bool of real tokens; causal over the text with a bidirectional prefix of n_prefix."""
         b, t, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, nh, T, hd)
+        # A fully padded query row sees itself, so it stays finite; real rows never see padding.
+        attn = masked_attention(q, k, v, key_mask=token_mask, causal=causal, prefix=n_prefix, see_self=True)
         x = x + self.dropout(self.proj(attn.transpose(1, 2).reshape(b, t, c)))
         moe_out, aux, stats = self.moe(self.norm2(x), token_mask)
         return x + self.dropout(moe_out), aux, stats
-
-
-def attention_mask_4d(key_mask: torch.Tensor, causal: bool, n_prefix: int = 0) -> torch.Tensor:
-    """(B, 1, T, T) boolean mask: padding hidden; causal over text with a bidirectional prefix when asked."""
-    b, t = key_mask.shape
-    allowed = key_mask.bool()[:, None, None, :].expand(b, 1, t, t)
-    if causal:
-        lower = torch.ones(t, t, dtype=torch.bool, device=key_mask.device).tril()
-        lower[:, :n_prefix] = True  # every position sees the whole prefix (prefix language modelling)
-        allowed = allowed & lower
-    # A fully padded query row would give NaNs; let it see itself.
-    return allowed | torch.eye(t, dtype=torch.bool, device=key_mask.device)
 
 
 class MoELanguageModel(PreTrainedModel, GenerationMixin):
@@ -286,11 +271,11 @@ class MoELanguageModel(PreTrainedModel, GenerationMixin):
                 "shorten the text"
             )
         x = x + self.embed_positions(torch.arange(total, device=x.device))
-        attn_mask = attention_mask_4d(mask, causal=causal, n_prefix=n_prefix)
+        token_mask = mask.bool()
         aux_total = x.new_zeros(())
         self.router_stats = []
         for layer in self.layers:
-            x, aux, stats = layer(x, attn_mask, mask)
+            x, aux, stats = layer(x, token_mask, causal=causal, n_prefix=n_prefix)
             aux_total = aux_total + aux
             self.router_stats.append(stats)
         hidden = self.norm(x)[:, n_prefix:]  # (B, T, H)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kernels.attention import multihead_attention
 from kernels.layer_norm_gelu import layer_norm_linear_gelu
 
 
@@ -30,14 +31,9 @@ class GatedCrossAttention(nn.Module):
         keep_weights: bool = False,
     ) -> torch.Tensor:
         """x (B, T, C) attends to context (B, S, C); context_mask (B, S) marks real context tokens."""
-        padding = ~context_mask.bool() if context_mask is not None else None
-        attended, weights = self.attention(
-            self.norm_x(x),
-            self.norm_context(context),
-            self.norm_context(context),
-            key_padding_mask=padding,
-            need_weights=keep_weights,
-            average_attn_weights=True,
+        key_mask = context_mask.bool() if context_mask is not None else None
+        attended, weights = multihead_attention(
+            self.attention, self.norm_x(x), self.norm_context(context), key_mask, need_weights=keep_weights
         )
         self.last_weights = weights  # (B, T, S) when kept: where each token looked
         x = x + torch.tanh(self.attention_gate) * attended
@@ -55,9 +51,8 @@ class SelfAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        padding = ~mask.bool() if mask is not None else None
         h = self.norm(x)
-        x = x + self.attention(h, h, h, key_padding_mask=padding, need_weights=False)[0]
+        x = x + multihead_attention(self.attention, h, h, mask.bool() if mask is not None else None)[0]
         return x + self.mlp[2](layer_norm_linear_gelu(x, self.norm_mlp, self.mlp[0]))
 
 
