@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from indexes.collection import ImageIndex
 from mmodal.pipeline import index_collection
@@ -35,3 +36,80 @@ def test_ray_engine_indexes_a_folder_as_the_local_pipeline_does(model, shapes_te
             np.testing.assert_allclose(slots_b[i], slots_a[i], atol=1e-3)
         query = vectors_a[item_ids[0]][None]
         assert [h.path for h in a.search(query, 10)[0]] == [h.path for h in b.search(query, 10)[0]]
+
+
+PER_PROCESS = 6
+
+
+def _nce_step(rank: int | None, world: int, data_dir: str, out: str, init_file: str) -> None:
+    """One contrastive step on a global batch of ``world × PER_PROCESS``: in one process (rank None) or as one
+    of ``world`` gloo processes wrapped in DistributedDataParallel. Saves the loss and every gradient."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mmodal.data.dataset import read_dataset
+    from mmodal.training.config import TrainConfig
+    from mmodal.training.data import ShapesTrainingData
+    from mmodal.training.distributed import Ranks, TrainingStep
+    from mmodal.training.loop import build_model, compute_losses
+
+    torch.set_num_threads(1)
+    config = TrainConfig(out=out, data=data_dir, model="tiny", recipe="full", batch_size=PER_PROCESS, speech=False)
+    dataset = read_dataset(data_dir)
+    torch.manual_seed(0)  # the same initial weights in every process
+    model = build_model(config, dataset).eval()  # eval: no router jitter, so every process computes alike
+    data = ShapesTrainingData(dataset, model.config.image.image_size)
+    indices = np.random.default_rng(7).choice(len(data), size=world * PER_PROCESS, replace=False)
+    step = TrainingStep(model, compute_losses)
+    if rank is None:
+        batch = data.batch(indices, np.random.default_rng(8), "full")
+    else:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        batch = data.batch(indices, np.random.default_rng(8), "full", Ranks(rank, world).rows(PER_PROCESS))
+        step = DistributedDataParallel(step, find_unused_parameters=True)
+    losses = step(batch, None, config)
+    losses["nce"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.save({"nce": losses["nce"].detach(), "grads": grads, "rows": len(batch.pixels)}, f"{out}/{rank}.pt")
+    if rank is not None:
+        dist.destroy_process_group()
+
+
+def _spawned(rank, world, data_dir, out, init_file):
+    _nce_step(rank, world, data_dir, out, init_file)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_on_the_global_batch_as_one_process_does(shapes_train_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    _nce_step(None, 2, str(shapes_train_dir), str(tmp_path), "")
+    mp.spawn(_spawned, args=(2, str(shapes_train_dir), str(tmp_path), str(tmp_path / "init")), nprocs=2)
+    single = torch.load(tmp_path / "None.pt")
+    assert single["rows"] == 2 * PER_PROCESS
+    for rank in (0, 1):
+        parallel = torch.load(tmp_path / f"{rank}.pt")
+        assert parallel["rows"] == PER_PROCESS  # each process encoded only its half of the pictures
+        torch.testing.assert_close(parallel["nce"], single["nce"], rtol=1e-5, atol=1e-6)
+        assert parallel["grads"].keys() == single["grads"].keys()
+        for name, grad in single["grads"].items():
+            torch.testing.assert_close(parallel["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_mmodal_train_runs_under_torchrun(shapes_train_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    command = [torchrun, "--nproc-per-node", "2", "-m", "mmodal.cli", "train", "--out", str(tmp_path / "run")]
+    command += ["--data", str(shapes_train_dir), "--steps", "2", "--batch-size", "8", "--recipe", "full"]
+    command += ["--model", "tiny", "--no-speech", "--device", "cpu"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert "process 1 of 2" in done.stderr  # both processes joined the group

@@ -7,7 +7,7 @@ a true image is never pushed away as a negative. Flips are applied to image and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import soundfile
@@ -31,12 +31,18 @@ TEXT_KINDS = ("object", "binding", "binding", "relation", "relation", "count", "
 class Batch:
     """One training step's data."""
 
-    pixels: torch.Tensor  # (B, 3, S, S) normalised
+    pixels: torch.Tensor  # (L, 3, S, S) normalised: the pictures of the rows ``local``
     texts: list[str]  # B texts, text i made from image i
     positives: torch.Tensor  # (B, B) bool: image i satisfies text j
     foils: list[str | None]  # a false text per image, or None
     scenes: list[Scene]  # scene graphs as seen (after flips)
     questions: list[tuple[str, str] | None]  # a (question, answer) true of each image as seen, or None
+    # The rows this process encodes; in data-parallel training every process draws the whole global batch's
+    # scenes and texts (cheap) but reads only its own rows' pictures.
+    local: slice = field(default_factory=lambda: slice(None))
+
+    def local_rows(self) -> range:
+        return range(len(self.texts))[self.local]
 
 
 def load_pictures(dataset: Dataset, size: int) -> tuple[list[Scene], torch.Tensor]:
@@ -110,7 +116,7 @@ class ShapesTrainingData:
 
     # ------------------------------------------------------------------------------------------ batches
 
-    def batch(self, indices: np.ndarray, rng: np.random.Generator, recipe: str) -> Batch:
+    def batch(self, indices: np.ndarray, rng: np.random.Generator, recipe: str, local: slice = slice(None)) -> Batch:
         flips = rng.random((len(indices), 2)) < 0.5
         scenes = [self.scene(int(i), (bool(fx), bool(fy))) for i, (fx, fy) in zip(indices, flips)]
         statements = [self.text_for(s, rng, recipe) for s in scenes]
@@ -121,12 +127,13 @@ class ShapesTrainingData:
             positives = torch.tensor([[st.holds(sc) for st in statements] for sc in scenes])
             foils = [self._foil(sc, rng) for sc in scenes]
         return Batch(
-            pixels=self.pixels(indices, flips),
+            pixels=self.pixels(indices[local], flips[local]),
             texts=[s.text() for s in statements],
             positives=positives,
             foils=foils,
             scenes=scenes,
             questions=[self._question(sc, rng) for sc in scenes] if recipe == "full" else [None] * len(scenes),
+            local=local,
         )
 
     @staticmethod

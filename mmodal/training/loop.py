@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from encoders.tokenizer import build_tokenizer
@@ -21,6 +22,7 @@ from mmodal.data.generate import generate_shapes
 from mmodal.data.vqa import read_vqa
 from mmodal.model import WORD, MModalModel
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
+from mmodal.training import distributed
 from mmodal.training.answer_recipe import (
     answer_modules,
     answer_recipe_losses,
@@ -50,6 +52,8 @@ from mmodal.training.speech_recipe import (
 from mmodal.training.vqa_data import QuestionAnswerData
 
 log = logging.getLogger(__name__)
+
+DATA_PARALLEL_RECIPES = ("full", "clip")
 
 MODEL_DIR = "model"
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -127,32 +131,43 @@ def _schedule(config: TrainConfig):
 
 
 def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """All training losses for one step (see TrainConfig for the weights)."""
+    """All training losses for one step (see TrainConfig for the weights). Under data-parallel training this
+    process encodes ``batch.local``; the contrastive loss runs over every process's rows (the global batch)."""
     device = model.device
-    n = len(batch.texts)
+    local = list(batch.local_rows())
+    n = len(local)
     full = config.recipe == "full"
-    foil_rows = [i for i, f in enumerate(batch.foils) if f] if full else []
+    foil_rows = [i for i, r in enumerate(local) if batch.foils[r]] if full else []
     audio_rows, clips, audio_statements = audio if audio else ([], [], [])
-    texts = batch.texts + [batch.foils[i] for i in foil_rows] + [s.text() for s in audio_statements]
+    texts = (
+        [batch.texts[r] for r in local]
+        + [batch.foils[local[i]] for i in foil_rows]
+        + [s.text() for s in audio_statements]
+    )
     ids, mask = model.tokenize(texts)
     text_tokens, moe_aux = model.text_tokens(ids, mask)
     text_emb = model.embed_text_tokens(text_tokens, mask)
     image_tokens = model.image_tokens(batch.pixels.to(device))
     image_emb = model.embed_image_tokens(image_tokens)
     scale = model.logit_scale.exp().clamp(max=100.0)
-    positives = batch.positives.to(device)
-    losses = {"nce": contrastive_loss(image_emb, text_emb[:n], scale, positives).loss, "moe": moe_aux}
+    positives = batch.positives.to(device)  # (global, global)
+    all_texts = distributed.gather_rows(text_emb[:n])
+    losses = {
+        "nce": contrastive_loss(distributed.gather_rows(image_emb), all_texts, scale, positives).loss,
+        "moe": moe_aux,
+    }
     if foil_rows:
         rows = torch.tensor(foil_rows, device=device)
-        similarity = image_emb[rows] @ text_emb[:n].t()  # (F, B): only the foil rows' logits are needed here
+        similarity = image_emb[rows] @ all_texts.t()  # (F, global): only the foil rows' logits are needed here
         foil_sim = (image_emb[rows] * text_emb[n : n + len(foil_rows)]).sum(-1, keepdim=True)  # (F, 1)
         logits = torch.cat([similarity, foil_sim], dim=1) * scale
-        foil_pos = torch.cat([positives[rows], torch.zeros_like(foil_sim, dtype=torch.bool)], dim=1)
+        global_rows = torch.tensor([local[i] for i in foil_rows], device=device)
+        foil_pos = torch.cat([positives[global_rows], torch.zeros_like(foil_sim, dtype=torch.bool)], dim=1)
         losses["foil"] = config.foil_loss_weight * multi_positive_nce(logits, foil_pos)
-    qa_rows = [i for i, qa in enumerate(batch.questions) if qa][: config.vqa_per_step] if full else []
+    qa_rows = [i for i, r in enumerate(local) if batch.questions[r]][: config.vqa_per_step] if full else []
     if qa_rows and config.vqa_loss_weight > 0:
-        q_ids, q_mask = model.tokenize([batch.questions[i][0] for i in qa_rows])
-        a_ids, a_mask = model.tokenize([batch.questions[i][1] for i in qa_rows])
+        q_ids, q_mask = model.tokenize([batch.questions[local[i]][0] for i in qa_rows])
+        a_ids, a_mask = model.tokenize([batch.questions[local[i]][1] for i in qa_rows])
         rows = torch.tensor(qa_rows, device=device)
         vqa, vqa_aux = model.answer_loss(image_tokens[rows], q_ids, q_mask, a_ids, a_mask)
         losses["vqa"] = config.vqa_loss_weight * vqa
@@ -171,7 +186,8 @@ def compute_losses(model: MModalModel, batch: Batch, audio, config: TrainConfig)
         loss = contrastive_loss(audio_emb, spoken_emb, scale, same_text).loss
         loss = loss + (1 - (audio_emb * spoken_emb).sum(dim=-1)).mean()  # dense pull towards its own text
         if full:
-            scenes_ok = torch.tensor([[s.holds(sc) for sc in batch.scenes] for s in audio_statements], device=device)
+            scenes = [batch.scenes[r] for r in local]
+            scenes_ok = torch.tensor([[s.holds(sc) for sc in scenes] for s in audio_statements], device=device)
             loss = loss + multi_positive_nce(scale * audio_emb @ image_emb.detach().t(), scenes_ok)
         losses["audio"] = config.audio_loss_weight * loss
     return losses
@@ -241,11 +257,25 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     run = Path(config.out)
     run.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    ranks = distributed.start(device)
+    if ranks.world > 1:
+        if config.recipe not in DATA_PARALLEL_RECIPES:
+            raise ValueError(
+                f"torchrun runs the {' and '.join(DATA_PARALLEL_RECIPES)} recipes; "
+                f"train {config.recipe!r} in one process"
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", ranks.local_rank)
+            torch.cuda.set_device(device)
     if device.type == "cpu":
         torch.set_num_threads(config.workers)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    if not ranks.is_main:
+        distributed.barrier()  # the first process generates a missing dataset; the others then read it
     dataset = ensure_dataset(config)
+    if ranks.is_main and ranks.world > 1:
+        distributed.barrier()
     checkpoint = find_checkpoint(run) if resume else None
     if resume and checkpoint is None:
         log.warning("no checkpoint in %s: starting from scratch", run)
@@ -281,6 +311,14 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
         lr=config.lr,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    contrastive_step = distributed.TrainingStep(model, compute_losses)
+    if ranks.world > 1:
+        # Unused parameters: a step without questions or clips leaves the answer and audio heads out.
+        contrastive_step = DistributedDataParallel(
+            contrastive_step,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
     bank = NeighbourBank()
     step = 0
     if checkpoint:
@@ -294,7 +332,8 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     use_amp = device.type == "cuda"
     started, samples = time.time(), 0
     stop_at = min(config.steps, step + for_steps) if for_steps else config.steps
-    with tqdm(total=config.steps, initial=step, desc=f"train {config.recipe}", unit="step") as bar:
+    bar_off = None if ranks.is_main else True
+    with tqdm(total=config.steps, initial=step, desc=f"train {config.recipe}", unit="step", disable=bar_off) as bar:
         while step < stop_at:
             if config.recipe == "vqa":
                 pixels, _, questions, answers = data.batch(config.batch_size, rng)
@@ -323,14 +362,17 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                 if config.recipe == "full" and config.mine_every and step % config.mine_every == 0 and step > 0:
                     bank.refresh(lambda idx: embed_pictures(model, data, idx), data.scenes, rng)
                 mined = bank.sample(config.mined_per_batch, rng) if config.recipe == "full" else np.zeros(0, np.int64)
-                fresh = rng.choice(len(data), size=config.batch_size - len(mined), replace=False)
-                batch = data.batch(np.concatenate([fresh, mined]), rng, config.recipe)
+                # Every process draws the same global batch and encodes its own rows of it.
+                fresh = rng.choice(len(data), size=config.batch_size * ranks.world - len(mined), replace=False)
+                batch = data.batch(np.concatenate([fresh, mined]), rng, config.recipe, ranks.rows(config.batch_size))
                 audio = None
                 if data.spoken and config.speech:
-                    picks, clips = data.audio_batch(config.audio_batch_size, rng)
+                    picks, clips = data.audio_batch(config.audio_batch_size * ranks.world, rng)
+                    share = ranks.rows(config.audio_batch_size)
+                    picks, clips = picks[share], clips[share]
                     audio = (picks, clips, [data.spoken_statements[p] for p in picks])
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = compute_losses(model, batch, audio, config)
+                    losses = contrastive_step(batch, audio, config)
                 samples += len(batch.texts)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -348,7 +390,7 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                     **_routing_health(model),
                     samples_s=f"{rate:.0f}",
                 )
-            if step % config.checkpoint_every == 0 or step == stop_at:
+            if (step % config.checkpoint_every == 0 or step == stop_at) and ranks.is_main:
                 state = {"step": step, "rng": rng.bit_generator.state, "mined_pairs": bank.pairs.tolist()}
                 save_checkpoint(run, model, optimizer, state)
                 if _routing_health(model):
@@ -359,6 +401,9 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                         1 / model.config.text.n_routed_experts,
                         model.language.router_entropy(),
                     )
+    distributed.stop()
+    if not ranks.is_main:
+        return None
     if step < config.steps:
         log.info("stopped at step %d of %d; continue with --resume", step, config.steps)
         return None
