@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.faiss"
 LOCK_FILE = ".lock"
+SHARDS_FILE = "shards.json"  # beside the shard folders of a sharded index (indexes.shards)
 MODEL_RECORD = "model"  # the metadata store's copy of the manifest's model, to rebuild a lost manifest
 _WRITING: set[Path] = set()  # POSIX record locks do not exclude a second writer in the same process
 # Rows an index opened for searching keeps in memory (about 2 KB each with slots), so that the candidates that
@@ -174,6 +175,11 @@ class ImageIndex:
         """Opens an index to search it; checks the model and the index file's checksum."""
         folder = Path(folder)
         if not (folder / MANIFEST_FILE).is_file():
+            if (folder / SHARDS_FILE).is_file():
+                raise IndexNotFoundError(
+                    f"{folder} is a sharded index: `mmodal index` and `mmodal search` take it whole; for the rest, "
+                    f"name one shard's folder ({folder}/shard-000, …)"
+                )
             raise IndexNotFoundError(
                 f"no mmodal index in {folder}: build one with `mmodal index PATH --index {folder}`"
             )

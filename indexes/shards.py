@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from indexes.atomic import write_json
-from indexes.collection import Hit, ImageIndex
+from indexes.collection import SHARDS_FILE, Hit, ImageIndex
 from indexes.errors import IndexNotFoundError, ModelMismatchError
 from indexes.manifest import Manifest, ModelIdentity
 from indexes.metadata import NewItem
-
-SHARDS_FILE = "shards.json"
 
 
 def shard_of(content_hash: str, n_shards: int) -> int:
@@ -38,6 +36,11 @@ def shard_of(content_hash: str, n_shards: int) -> int:
 
 def is_sharded(folder: str | os.PathLike) -> bool:
     return (Path(folder) / SHARDS_FILE).is_file()
+
+
+def recorded_shards(folder: str | os.PathLike) -> int | None:
+    """How many shards the index in ``folder`` has; None when it is not sharded."""
+    return _read_layout(Path(folder))["n_shards"] if is_sharded(folder) else None
 
 
 def shard_folder(folder: Path, shard: int) -> Path:
@@ -116,15 +119,47 @@ class ShardedIndex:
 
     # ----------------------------------------------------------------------------------------- writing
 
-    def write_batch(self, new_items: Sequence[NewItem] = ()) -> list[int]:
-        """Stores new images, each in its shard; returns the outside ids of those not already held."""
-        by_shard: dict[int, list[NewItem]] = {}
+    def write_batch(self, new_items: Sequence[NewItem] = (), relinked=(), skipped=()) -> list[int]:
+        """Stores new images, each in its shard, copies of held ones beside them and skipped files in the shard
+        their path picks (see :meth:`ImageIndex.write_batch`); returns the outside ids of the images added."""
+        n = len(self.shards)
+        parts: dict[int, tuple[list, list, list]] = {s: ([], [], []) for s in range(n)}
         for item in new_items:
-            by_shard.setdefault(shard_of(item.content_hash, len(self.shards)), []).append(item)
+            parts[shard_of(item.content_hash, n)][0].append(item)
+        for path, item_id, size, mtime_ns in relinked:
+            parts[int(item_id) % n][1].append((path, int(item_id) // n, size, mtime_ns))
+        for entry in skipped:
+            parts[shard_of(entry[0], n)][2].append(entry)
         ids = []
-        for shard, items in sorted(by_shard.items()):
-            ids.extend(self._outside(shard, i) for i in self.shards[shard].write_batch(items))
+        for shard, (items, links, skips) in parts.items():
+            if items or links or skips:
+                ids.extend(self._outside(shard, i) for i in self.shards[shard].write_batch(items, links, skips))
         return ids
+
+    def item_for_hash(self, content_hash: str) -> int | None:
+        shard = shard_of(content_hash, len(self.shards))
+        found = self.shards[shard].item_for_hash(content_hash)
+        return None if found is None else self._outside(shard, found)
+
+    def file_state(self, path: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of a file when it was last indexed or skipped (in whichever shard holds it)."""
+        return next((state for shard in self.shards if (state := shard.file_state(path)) is not None), None)
+
+    def roots(self) -> list[str]:
+        return self.shards[0].roots()
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        self.shards[0].add_roots(roots)
+
+    def paths_under(self, root: str) -> list[str]:
+        return [p for shard in self.shards for p in shard.paths_under(root)]
+
+    def remove_paths(self, paths: Iterable[str]) -> int:
+        paths = list(paths)
+        return sum(shard.remove_paths(paths) for shard in self.shards)
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return sorted(entry for shard in self.shards for entry in shard.skipped())
 
     def sync(self) -> tuple[int, int]:
         """Brings every shard's FAISS file level with its store; returns (added, removed) over all shards."""

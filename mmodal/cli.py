@@ -98,6 +98,7 @@ def _index(args: argparse.Namespace) -> int:
         factory=args.factory,
         engine=args.engine,
         ray_address=args.address,
+        shards=args.shards,
     )
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
@@ -366,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where decoding and encoding run: local worker processes, or a Ray cluster (pip install 'mmodal[scale]')",
     )
     index.add_argument("--address", help="with --engine ray: the cluster to join (default: start Ray on this machine)")
+    index.add_argument(
+        "--shards",
+        type=_positive_int,
+        help="split a new index into this many shards by content hash (searched together; default: one index)",
+    )
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.set_defaults(handler=_index)
 

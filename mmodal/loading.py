@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from indexes.collection import ImageIndex, recorded_model
+from indexes.shards import ShardedIndex, is_sharded, shard_folder
 from mmodal.model import DEFAULT_MODEL, MModalModel, resolve_model_path
 from mmodal.pretrained import CONFIG_FILE, CONSE_KIND, ClipModel, ConSEConfig, ConSEModel, build_conse_model
 
@@ -69,9 +70,11 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu", allo
 
 def open_index(index_dir: str | os.PathLike, model: str | None = None, allow_download: bool = False):
     """An index and the model to search it with: ``model`` when given, else the one that built the index."""
-    index = ImageIndex.open(index_dir)
+    sharded = is_sharded(index_dir)
+    index = ShardedIndex.open(index_dir) if sharded else ImageIndex.open(index_dir)
     try:
-        return index, load_model(model or index_model_name(index_dir), allow_download=allow_download)
+        recorded = index_model_name(shard_folder(Path(index_dir), 0) if sharded else index_dir)
+        return index, load_model(model or recorded, allow_download=allow_download)
     except BaseException:
         index.close()
         raise

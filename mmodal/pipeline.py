@@ -22,6 +22,7 @@ from tqdm import tqdm
 from encoders.pixels import letterbox_frame
 from indexes.collection import ImageIndex
 from indexes.metadata import NewItem
+from indexes.shards import ShardedIndex, recorded_shards
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
 from mmodal.retrieval import RetrievalModel
@@ -87,20 +88,27 @@ def index_collection(
     show_progress: bool = True,
     engine: str = "local",
     ray_address: str | None = None,
+    shards: int | None = None,
 ) -> IndexSummary:
     """Adds the images under ``roots`` to the index in ``index_dir`` (created when missing).
 
     With no roots, re-scans the folders indexed before. Unchanged files cost one ``stat`` each and no model
     work; files removed from disk are removed from the index. ``engine="ray"`` decodes and encodes on a Ray
     cluster (:mod:`mmodal.ray_engine`, at ``ray_address`` or on this machine) instead of local workers.
+    ``shards`` > 1 makes a new index a sharded one (:mod:`indexes.shards`); an existing index keeps its layout.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     started = time.perf_counter()
     summary = IndexSummary()
-    with ImageIndex.open_for_writing(
-        index_dir, model.identity, factory=factory, model_source=model.source or ""
-    ) as index:
+    shards = shards or recorded_shards(index_dir)
+    if shards and shards > 1:
+        opened = ShardedIndex.open_for_writing(index_dir, model.identity, shards, factory, model.source or "")
+    else:
+        opened = ImageIndex.open_for_writing(
+            index_dir, model.identity, factory=factory, model_source=model.source or ""
+        )
+    with opened as index:
         roots = [os.path.abspath(os.fspath(r)) for r in roots] or index.roots()
         if not roots:
             raise ValueError(f"{index_dir} has no indexed folders yet; name the folders or files to index")

@@ -104,3 +104,23 @@ def test_a_sharded_index_refuses_another_model_and_another_shard_count(built):
     with pytest.raises(ValueError, match="number of shards is fixed"):
         ShardedIndex.open_for_writing(root / "sharded-2", MODEL, 4)
     assert shard_folder(root / "sharded-2", 1).is_dir()
+
+
+@pytest.mark.slow
+def test_cli_indexes_and_searches_a_sharded_collection_as_one_index(shapes_test_dir, dataset, tmp_path, capsys):
+    import json
+
+    from mmodal.cli import main
+
+    folder = str(shapes_test_dir / "images")
+    assert main(["index", folder, "--index", str(tmp_path / "one"), "--json"]) == 0
+    assert main(["index", folder, "--index", str(tmp_path / "sharded"), "--shards", "2", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["index", "--index", str(tmp_path / "sharded"), "--json"]) == 0  # again: nothing new
+    assert json.loads(capsys.readouterr().out)["unchanged"] == len(dataset.images)
+    for query in [q.text for q in dataset.queries[:5]]:
+        found = {}
+        for name in ("one", "sharded"):
+            assert main(["search", query, "--index", str(tmp_path / name), "--json", "-k", "8"]) == 0
+            found[name] = [(r["path"], round(r["score"], 4)) for r in json.loads(capsys.readouterr().out)]
+        assert found["sharded"] == found["one"] and len(found["one"]) == 8
