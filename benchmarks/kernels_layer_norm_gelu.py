@@ -10,15 +10,22 @@ backward pass).
 
 import json
 import sys
+from functools import partial
 
 import torch
 from torch import nn
 
 
+def _timed(run, grad: torch.Tensor, leaves: list) -> tuple[float, float]:
+    """Milliseconds of ``run()`` and of ``run().backward(grad)`` (triton.testing.do_bench medians)."""
+    import triton.testing
+
+    return triton.testing.do_bench(run), triton.testing.do_bench(lambda: run().backward(grad), grad_to_none=leaves)
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU (the kernel's CPU tests run under Triton's interpreter instead)")
-    import triton.testing
 
     from kernels.layer_norm_gelu import LayerNormLinearGELUFunction, layer_norm_linear_gelu_reference
 
@@ -34,15 +41,14 @@ def main() -> None:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         params = (norm.weight, norm.bias, linear.weight, linear.bias)
         runs = {
-            "triton": lambda: LayerNormLinearGELUFunction.apply(x, *params, norm.eps),
-            "eager": lambda: layer_norm_linear_gelu_reference(x, *params, norm.eps),
-            "compiled": lambda: compiled(x, *params, norm.eps),
+            "triton": partial(LayerNormLinearGELUFunction.apply, x, *params, norm.eps),
+            "eager": partial(layer_norm_linear_gelu_reference, x, *params, norm.eps),
+            "compiled": partial(compiled, x, *params, norm.eps),
         }
         row = {}
         for label, run in runs.items():
             grad = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-            forward = triton.testing.do_bench(lambda: run())
-            both = triton.testing.do_bench(lambda: run().backward(grad), grad_to_none=[x, *params])
+            forward, both = _timed(run, grad, [x, *params])
             row[label] = {
                 "forward_ms": round(forward, 4),
                 "forward_backward_ms": round(both, 4),
