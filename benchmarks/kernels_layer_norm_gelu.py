@@ -13,14 +13,8 @@ import sys
 from functools import partial
 
 import torch
+from gpu_timing import compare
 from torch import nn
-
-
-def _timed(run, grad: torch.Tensor, leaves: list) -> tuple[float, float]:
-    """Milliseconds of ``run()`` and of ``run().backward(grad)`` (triton.testing.do_bench medians)."""
-    import triton.testing
-
-    return triton.testing.do_bench(run), triton.testing.do_bench(lambda: run().backward(grad), grad_to_none=leaves)
 
 
 def main() -> None:
@@ -45,20 +39,8 @@ def main() -> None:
             "eager": partial(layer_norm_linear_gelu_reference, x, *params, norm.eps),
             "compiled": partial(compiled, x, *params, norm.eps),
         }
-        row = {}
-        for label, run in runs.items():
-            grad = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-            forward, both = _timed(run, grad, [x, *params])
-            row[label] = {
-                "forward_ms": round(forward, 4),
-                "forward_backward_ms": round(both, 4),
-                "forward_tflops": round(2 * m * n * k / forward / 1e9, 2),
-                "forward_backward_tflops": round(6 * m * n * k / both / 1e9, 2),
-            }
-        row["speed_up_over_eager"] = {
-            "forward": round(row["eager"]["forward_ms"] / row["triton"]["forward_ms"], 2),
-            "forward_backward": round(row["eager"]["forward_backward_ms"] / row["triton"]["forward_backward_ms"], 2),
-        }
+        grad = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+        row = compare(runs, grad, [x, *params], 2 * m * n * k)
         report["shapes"][name] = row
     print(json.dumps(report, indent=2))
 

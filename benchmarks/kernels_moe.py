@@ -14,17 +14,11 @@ import sys
 from functools import partial
 
 import torch
+from gpu_timing import compare
 
 
 def _routed(experts, inputs: tuple, top_k: int) -> torch.Tensor:
     return experts(*inputs, top_k)[0]
-
-
-def _timed(run, grad: torch.Tensor, leaves: list) -> tuple[float, float]:
-    """Milliseconds of ``run()`` and of ``run().backward(grad)`` (triton.testing.do_bench medians)."""
-    import triton.testing
-
-    return triton.testing.do_bench(run), triton.testing.do_bench(lambda: run().backward(grad), grad_to_none=leaves)
 
 
 def main() -> None:
@@ -52,20 +46,8 @@ def main() -> None:
             "eager": partial(_routed, moe.moe_experts_reference, inputs, k),
             "compiled": partial(_routed, compiled, inputs, k),
         }
-        row = {}
-        for label, run in runs.items():
-            grad = torch.randn(n, h, device="cuda", dtype=torch.bfloat16)
-            forward, both = _timed(run, grad, list(inputs))
-            row[label] = {
-                "forward_ms": round(forward, 4),
-                "forward_backward_ms": round(both, 4),
-                "forward_tflops": round(flops / forward / 1e9, 2),
-                "forward_backward_tflops": round(3 * flops / both / 1e9, 2),
-            }
-        row["speed_up_over_eager"] = {
-            "forward": round(row["eager"]["forward_ms"] / row["triton"]["forward_ms"], 2),
-            "forward_backward": round(row["eager"]["forward_backward_ms"] / row["triton"]["forward_backward_ms"], 2),
-        }
+        grad = torch.randn(n, h, device="cuda", dtype=torch.bfloat16)
+        row = compare(runs, grad, list(inputs), flops)
         report["shapes"][name] = row
     print(json.dumps(report, indent=2))
 
