@@ -43,6 +43,7 @@ def _config(tmp_path, data, **overrides):
     return TrainConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_tiny_model_loss_falls_on_cpu(shapes_train_dir, tmp_path):
     torch.manual_seed(0)
     config = _config(tmp_path, shapes_train_dir, recipe="full")
