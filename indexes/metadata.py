@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT NOT NULL
 """
 
 
+def present_slots(slots: np.ndarray | None) -> np.ndarray | None:
+    """The slots that hold an object (presence, column 0, above zero): what the index stores of a model's padded
+    slots. None stays None."""
+    return None if slots is None else slots[slots[:, 0] > 0]
+
+
 @dataclass(frozen=True)
 class ImageFile:
     """An image file as the index records it: where it is, its content's hash, its size on disk and in pixels."""

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from indexes.collection import ImageIndex
-from indexes.metadata import NewItem
+from indexes.metadata import NewItem, present_slots
 from mmodal.data.dataset import Dataset
 from mmodal.model import MModalModel
 from mmodal.search import RERANK_TOP, Query, Searcher
@@ -163,7 +163,7 @@ class _Ranker:
                         height=size[1],
                         format=None,
                         vector=e.float().numpy(),
-                        slots=s[s[:, 0] > 0].float().numpy() if model.has_slots else None,
+                        slots=present_slots(s.float().numpy()) if model.has_slots else None,
                     )
                     for r, size, e, s in zip(dataset.images, sizes, image_emb, slots)
                 ]

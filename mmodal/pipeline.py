@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from encoders.pixels import letterbox_frame
 from indexes.collection import ImageIndex
-from indexes.metadata import NewItem
+from indexes.metadata import NewItem, present_slots
 from indexes.shards import ShardedIndex, recorded_shards
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
@@ -222,7 +222,7 @@ def _new_items(model: RetrievalModel, files: list[DecodedFile | NewItem]) -> lis
     frames = torch.tensor([letterbox_frame(d.width, d.height) for d in decoded])
     vectors, slots = model.encode_pixels(pixels, frames)
     encoded = iter(
-        NewItem.encoded(d, v, None if s is None else s[s[:, 0] > 0])
+        NewItem.encoded(d, v, present_slots(s))
         for d, v, s in zip(decoded, vectors, slots if slots is not None else [None] * len(vectors))
     )
     return [next(encoded) if isinstance(f, DecodedFile) else f for f in files]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.metadata import NewItem
+from indexes.metadata import NewItem, present_slots
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 
 log = logging.getLogger(__name__)
@@ -160,5 +160,5 @@ def _records(batch: dict[str, np.ndarray], slot_dim: int) -> Iterator[NewItem | 
             int(batch["height"][i]),
             str(batch["format"][i]) or None,
             np.asarray(batch["vector"][i], np.float32),
-            slots[slots[:, 0] > 0] if slot_dim else None,
+            present_slots(slots) if slot_dim else None,
         )
