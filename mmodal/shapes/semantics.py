@@ -37,6 +37,9 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
 )
 QUESTION_TYPES = ("color", "shape", "size", "count", "exist", "relation", "query")
 QUERY_KINDS = ("object", "binding", "relation", "count", "conjunction", "held_out")
+PHRASE_ATTRIBUTES = ("size", "color", "shape")  # in the order the grammar writes them
+# What an object phrase can name: any non-empty subset of its attributes, or none ("object", counted only).
+PHRASE_FORMS = ("size", "color", "shape", "size+color", "size+shape", "color+shape", "size+color+shape")
 
 
 class SpecError(ValueError):
@@ -149,6 +152,12 @@ class ObjectPhrase:
         """Whether the phrase binds one of the held-out colour–shape pairs."""
         return (self.color, self.shape) in HELD_OUT_PAIRS
 
+    @property
+    def form(self) -> str:
+        """Which attributes the phrase names, in grammar order: "size+color+shape", "shape", or "object"."""
+        named = [a for a in PHRASE_ATTRIBUTES if getattr(self, a) is not None]
+        return "+".join(named) if named else "object"
+
     def words(self, plural: bool = False) -> str:
         """The phrase without article: "large red circle", or "large red circles" when plural."""
         noun = self.shape or "object"
@@ -225,9 +234,23 @@ class Statement:
             return "count"
         return "object" if part.n_attributes <= 1 else "binding"
 
+    @property
+    def structure(self) -> str:
+        """The statement's phrase structure, for per-structure metrics: each part's kind with the form of each of
+        its phrases, e.g. "relation(shape,color+shape)", "count(color)", "object(size) and object(shape)"."""
+        return " and ".join(_part_structure(p) for p in self.parts)
+
     def holds(self, scene: Scene) -> bool:
         """Whether the scene makes the statement true (the image is relevant to the query)."""
         return _assign(self.parts, scene.objects, frozenset())
+
+
+def _part_structure(part: Part) -> str:
+    if isinstance(part, RelationPhrase):
+        return f"relation({part.subject.form},{part.other.form})"
+    if isinstance(part, CountPhrase):
+        return f"count({part.phrase.form})"
+    return f"object({part.form})"
 
 
 def _assign(parts: tuple[Part, ...], objects: tuple[SceneObject, ...], used: frozenset[int]) -> bool:

@@ -13,6 +13,8 @@ from mmodal.shapes.semantics import (
     HELD_OUT_PAIRS,
     INVERSE_RELATION,
     MAX_OBJECTS,
+    PHRASE_ATTRIBUTES,
+    PHRASE_FORMS,
     QUERY_KINDS,
     QUESTION_TYPES,
     RELATIONS,
@@ -322,65 +324,65 @@ def query_for(kind: str, scene: Scene, rng: np.random.Generator) -> Statement | 
     return None if query is None or query.held_out else query
 
 
-def _bound(obj: SceneObject) -> ObjectPhrase:
-    return ObjectPhrase(color=obj.color, shape=obj.shape)
+def phrase_of(obj: SceneObject, form: str) -> ObjectPhrase:
+    """The phrase of ``form`` ("color+shape", "size", "object" …) that names ``obj``'s own attributes."""
+    return ObjectPhrase(**({} if form == "object" else {a: getattr(obj, a) for a in form.split("+")}))
+
+
+SINGLE_FORMS = tuple(f for f in PHRASE_FORMS if "+" not in f)  # "object" kind: one attribute named
+BINDING_FORMS = tuple(f for f in PHRASE_FORMS if "+" in f)  # "binding" kind: two or three
+BOUND_FORMS = ("color+shape", "size+color+shape")  # forms that bind a colour to a shape (held-out pairs)
+COUNTED_FORMS = PHRASE_FORMS + ("object",)
+
+
+def _pick(rng: np.random.Generator, choices):
+    return choices[int(rng.integers(len(choices)))]
 
 
 def _query(kind: str, scene: Scene, obj: SceneObject, rng, bound: bool) -> Statement | None:
+    """A true query of ``kind`` about ``obj``, each phrase's form drawn evenly from all the grammar allows (with
+    ``bound``, the phrase of ``obj`` binds its colour to its shape)."""
     objs = scene.objects
+    focus_forms = BOUND_FORMS if bound else PHRASE_FORMS
     if kind == "object":
-        attribute = ("size", "color", "shape", "color")[int(rng.integers(4))]
-        return Statement((ObjectPhrase(**{attribute: getattr(obj, attribute)}),))
+        return Statement((phrase_of(obj, _pick(rng, SINGLE_FORMS)),))
     if kind == "binding":
-        keys = [
-            ("color", "shape"),
-            ("color", "shape"),
-            ("size", "shape"),
-            ("size", "color"),
-            ("size", "color", "shape"),
-        ]
-        if bound:
-            keys = [("color", "shape"), ("size", "color", "shape")]
-        return Statement((ObjectPhrase(**{k: getattr(obj, k) for k in keys[int(rng.integers(len(keys)))]}),))
+        return Statement((phrase_of(obj, _pick(rng, BOUND_FORMS if bound else BINDING_FORMS)),))
     if kind == "count":
-        attributes = [("color", "shape")] if bound else [("color", "shape"), ("shape",), ("color",), ()]
-        phrases = [ObjectPhrase(**{k: getattr(obj, k) for k in a}) for a in attributes]
+        phrases = [phrase_of(obj, f) for f in (BOUND_FORMS if bound else COUNTED_FORMS)]
         counted = [(sum(p.matches(o) for o in objs), p) for p in phrases]
         several = [c for c in counted if c[0] > 1]
         # Counts of one are the easy case; most count queries ask for two or more when the scene has them.
         pool = several if several and rng.random() < 0.75 else counted
-        count, phrase = pool[int(rng.integers(len(pool)))]
+        count, phrase = _pick(rng, pool)
         return Statement((CountPhrase(count, phrase),))
     others = [o for o in objs if o is not obj]
     if not others:
         return None
-    other = others[int(rng.integers(len(others)))]
+    other = _pick(rng, others)
+    mine, theirs = phrase_of(obj, _pick(rng, focus_forms)), phrase_of(other, _pick(rng, PHRASE_FORMS))
     if kind == "conjunction":
-        pair = (obj, other) if rng.random() < 0.5 else (other, obj)
-        return Statement(tuple(_bound(o) for o in pair))
+        return Statement((mine, theirs) if rng.random() < 0.5 else (theirs, mine))
     if kind == "relation":
         forward = relations_between(obj, other)
         if not forward:
             return None
-        r = forward[int(rng.integers(len(forward)))]
+        r = _pick(rng, forward)
         if rng.random() < 0.5:
-            return Statement((RelationPhrase(_bound(obj), r, _bound(other)),))
-        return Statement((RelationPhrase(_bound(other), INVERSE_RELATION[r], _bound(obj)),))
+            return Statement((RelationPhrase(mine, r, theirs),))
+        return Statement((RelationPhrase(theirs, INVERSE_RELATION[r], mine),))
     raise ValueError(f"unknown query kind {kind!r}; choose from {QUERY_KINDS}")
 
 
 # ------------------------------------------------------------------------------------- any statement
 
-PHRASE_ATTRIBUTES = ("size", "color", "shape")
 MAX_STATEMENT_PARTS = 2  # as search queries have
 
 
 def _any_phrase(rng: np.random.Generator, split: str, allow_bare: bool) -> ObjectPhrase:
-    """A phrase naming a random subset of size, colour and shape (none: "object"), legal for ``split``."""
-    while True:
-        named = tuple(a for a in PHRASE_ATTRIBUTES if rng.random() < 0.6)
-        if named or allow_bare:
-            return _random_phrase(rng, split, named)
+    """A phrase of a form drawn evenly (bare "object" only when allowed), legal for ``split``."""
+    form = _pick(rng, COUNTED_FORMS if allow_bare else PHRASE_FORMS)
+    return _random_phrase(rng, split, () if form == "object" else tuple(form.split("+")))
 
 
 def any_statement(rng: np.random.Generator, split: str) -> Statement:
