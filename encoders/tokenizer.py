@@ -6,12 +6,14 @@ else (other scripts, typos) falls back to bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+WORD = re.compile(r"[^\W_]+")  # a word, in any script: "star-shaped" is two words, "what's" two
 SPECIAL_TOKENS = (PAD, BOS, EOS)
 
 

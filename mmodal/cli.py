@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from mmodal import __version__
 
@@ -74,7 +75,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = {}
     for name in args.model:
         model = MModalModel.from_pretrained(name)
-        report[name] = evaluate(model, dataset, blind=args.blind)
+        report[name] = evaluate(model, dataset, blind=args.blind, paraphrases=args.paraphrases)
     if args.json:
         print(json.dumps(report if len(report) > 1 else report[args.model[0]], indent=2))
     else:
@@ -127,19 +128,25 @@ def _search(args: argparse.Namespace) -> int:
     searcher = _open_searcher(args)
     query, transcript = searcher.listen(query)
     doubt = searcher.doubt(transcript, query)
+    unknown, not_understood = searcher.not_understood(query)
     results = searcher.search(query, k=args.k, rerank=args.rerank)
     rows = [r.to_dict() for r in results]
     if args.json:
-        # A spoken query reports what was heard beside the hits; any other query prints the hits alone.
-        heard = None if transcript is None else {**transcript.to_dict(), "searched_by": "sound" if doubt else "words"}
-        out = rows if heard is None else {**heard, "message": doubt, "results": rows}
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+        # A spoken query reports what was heard, and a query with words the model cannot read names them, beside
+        # the hits; any other query prints the hits alone.
+        out: dict = {} if transcript is None else {**transcript.to_dict(), "searched_by": "sound" if doubt else "words"}
+        if unknown:
+            out["unknown_words"] = unknown
+        if out:
+            out = {**out, "message": " · ".join(m for m in (doubt, not_understood) if m) or None, "results": rows}
+        print(json.dumps(out or rows, indent=2, ensure_ascii=False))
         return 0
     if transcript is not None:
         print(transcript.summary())
-    if doubt:
-        log.warning("%s", doubt)
-    if not results:
+    for message in (doubt, not_understood):
+        if message:
+            log.warning("%s", message)
+    if not results and not_understood is None:
         print("no results: the index is empty")
     for rank, r in enumerate(results, 1):
         rerank = "" if r.rerank_score is None else f"  match {r.rerank_score:.3f}"
@@ -344,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument(
         "--blind", action="store_true", help="answer questions with every image blanked (for a question-only model)"
+    )
+    evaluate.add_argument(
+        "--paraphrases",
+        type=Path,
+        help="also score a paraphrase set: a folder of search.tsv and questions.tsv (e.g. benchmarks/paraphrases)",
     )
     evaluate.set_defaults(handler=_eval)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from indexes.collection import ImageIndex
 from indexes.metadata import NewItem, present_slots
 from mmodal.data.dataset import Dataset
 from mmodal.model import MModalModel
+from mmodal.paraphrase_eval import read_paraphrases, score_questions, score_search
 from mmodal.search import RERANK_TOP, Query, Searcher
+from mmodal.shapes.semantics import SpecError, parse_statement
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +98,18 @@ def _search_metrics(rankings: list[np.ndarray], dataset: Dataset, index_of: dict
 
 @torch.inference_mode()
 def evaluate(
-    model: MModalModel, dataset: Dataset, batch_size: int = 128, rerank_top: int = RERANK_TOP, blind: bool = False
+    model: MModalModel,
+    dataset: Dataset,
+    batch_size: int = 128,
+    rerank_top: int = RERANK_TOP,
+    blind: bool = False,
+    paraphrases: Path | None = None,
 ) -> dict:
     """All of the spec's metrics for ``model`` on ``dataset`` (which needs queries; foils and audio when present).
-    ``blind`` answers the questions with every image blanked, as a question-only model was trained."""
+    ``blind`` answers the questions with every image blanked, as a question-only model was trained;
+    ``paraphrases`` is a paraphrase set's folder (see :mod:`mmodal.paraphrase_eval`) to score as well."""
+    if paraphrases is not None:
+        search_pairs, question_pairs = read_paraphrases(paraphrases)
     model.eval()
     index_of = {r.id: i for i, r in enumerate(dataset.images)}
     image_emb, slots = _image_features(model, dataset, batch_size)
@@ -121,10 +132,15 @@ def evaluate(
                 result["search"]["rerank_top"] = rerank_top
                 typed = [ranker.rank(Query(text=t)) for t in _progress(texts, "re-rank")]
                 result["search"]["reranked"] = _search_metrics(typed, dataset, index_of)
+                result["search"]["reranked_by_structure"] = _structure_metrics(typed, dataset, index_of)
                 if all(r.scene is not None for r in dataset.images):
                     parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
                     result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
                     result["detector"] = _detector_metrics(model, dataset, slots)
+            if paraphrases is not None:
+                result["paraphrases"] = {
+                    "search": score_search(search_pairs, dataset, lambda t: ranker.rank(Query(text=t)), _unknown(model))
+                }
             spoken = [q for q in dataset.queries if q.audio]
             if spoken:
                 result["speech"] = _speech_metrics(model, dataset, spoken, ranker, dict(zip(texts, typed)))
@@ -134,6 +150,12 @@ def evaluate(
         result["foils"] = _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size)
     if dataset.questions:
         result["vqa"] = evaluate_vqa(model, dataset, blind=blind)
+    if paraphrases is not None and model.has_slots:
+
+        def ask(pictures, questions):
+            return [a.answer for a in model.ask(pictures, questions, alternatives=1)]
+
+        result["paraphrases"]["questions"] = score_questions(question_pairs, dataset, ask, _unknown(model))
     if model.config.text.n_routed_experts:
         counts = torch.stack(routed).sum(dim=0)  # (layers, experts)
         share = counts / counts.sum(dim=1, keepdim=True)
@@ -143,6 +165,22 @@ def evaluate(
             "router_entropy_of_max": round(float(np.mean(entropies)), 4),
         }
     return result
+
+
+def _structure_metrics(rankings: list[np.ndarray], dataset: Dataset, index_of: dict[str, int]) -> dict:
+    """P@10 per phrase structure of the queries (their kind, and the form of each phrase in each position)."""
+    per_structure: dict[str, list[float]] = defaultdict(list)
+    for query, ranking in zip(dataset.queries, rankings):
+        try:
+            structure = parse_statement(query.text).structure
+        except SpecError:
+            continue
+        per_structure[structure].append(precision_at_10(ranking, {index_of[i] for i in query.relevant}))
+    return {s: {"p@10": round(float(np.mean(v)), 4), "n": len(v)} for s, v in sorted(per_structure.items())}
+
+
+def _unknown(model) -> Callable[[str], list[str]]:
+    return getattr(model, "unknown_words", lambda text: [])
 
 
 class _Ranker:
@@ -400,6 +438,21 @@ def format_report(report: dict[str, dict]) -> str:
                 (f"search {stage} P@10 {kind}", [f"{r['search'][stage][kind]['p@10']:.3f}" for r in report.values()])
             )
         rows.append((f"search {stage} mAP all", [f"{r['search'][stage]['all']['map']:.3f}" for r in report.values()]))
+    if all("reranked_by_structure" in r["search"] for r in report.values()):
+        for structure in first["search"]["reranked_by_structure"]:
+            values = [r["search"]["reranked_by_structure"].get(structure) for r in report.values()]
+            rows.append(
+                (
+                    f"P@10 re-ranked, {structure}",
+                    ["–" if v is None else f"{v['p@10']:.3f} (n={v['n']})" for v in values],
+                )
+            )
+    for part in ("search", "questions"):
+        if all(part in r.get("paraphrases", {}) for r in report.values()):
+            for key in ("worded", "grammar"):
+                rows.append(
+                    (f"paraphrased {part}, {key}", [f"{r['paraphrases'][part][key]:.3f}" for r in report.values()])
+                )
     if all("recall_at" in r["search"] for r in report.values()):
         for k in first["search"]["recall_at"]["all"]:
             rows.append(

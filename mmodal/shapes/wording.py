@@ -1,0 +1,237 @@
+"""People's wording of Shapes texts: a statement or question said the many ways people type it.
+
+The grammar (``semantics``) writes one text per meaning; people write synonyms and inflections ("a big blue
+square", "red circles", "2 green objects"), other relation words ("to the left of", "on top of", "beneath"),
+a relation said from the other object's side, fillers ("show me …", "pictures with … in it") and other
+question forms ("what is the colour of …", "how big is …", "do you see …"). Training reads texts worded here
+with the targets of their meaning, so the model learns to read them; nothing at run time rewrites a text.
+
+Each wording comes with its meaning as said: a relation said from the other side is the converse statement
+of the grammar ("a blue square right of a red circle"), with the same truth in every scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoders.tokenizer import WORD
+from mmodal.shapes.semantics import (
+    COLORS,
+    COUNT_WORDS,
+    INVERSE_RELATION,
+    SHAPES,
+    CountPhrase,
+    ObjectPhrase,
+    Question,
+    RelationPhrase,
+    Statement,
+)
+
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+OBJECT_NOUNS = ("object", "shape", "thing", "item")
+# A shape named by an adjective before an object noun: "a round thing", "a star-shaped object".
+SHAPE_ADJECTIVES = {
+    "circle": ("round", "circular"),
+    "square": ("square",),
+    "triangle": ("triangular",),
+    "star": ("star-shaped",),
+    "hexagon": ("hexagonal",),
+}
+RELATION_WORDS = {
+    "left of": ("left of", "to the left of", "on the left of", "on the left side of"),
+    "right of": ("right of", "to the right of", "on the right of", "on the right side of"),
+    "above": ("above", "over", "on top of", "higher than"),
+    "below": ("below", "under", "beneath", "lower than", "underneath"),
+}
+DIGITS = {word: str(n) for n, word in enumerate(COUNT_WORDS)}
+JOINERS = (" and ", " and ", " and ", ", ", " as well as ", " along with ", " together with ")
+QUERY_FILLERS = (
+    "{}",
+    "{}",
+    "{}",
+    "a photo of {}",
+    "a picture of {}",
+    "an image of {}",
+    "photos of {}",
+    "images with {}",
+    "show me {}",
+    "find {}",
+    "find me {}",
+    "search for {}",
+    "looking for {}",
+    "pictures with {} in it",
+    "images containing {}",
+    "i want {}",
+)
+QUESTION_FORMS = {
+    "color": (
+        "what color is the {t}?",
+        "what colour is the {t}?",
+        "what is the color of the {t}?",
+        "what is the colour of the {t}?",
+        "which color is the {t}?",
+        "what color does the {t} have?",
+        "tell me the colour of the {t}",
+    ),
+    "shape": (
+        "what shape is the {t}?",
+        "what is the shape of the {t}?",
+        "which shape is the {t}?",
+        "what kind of shape is the {t}?",
+        "what shape does the {t} have?",
+    ),
+    "size": (
+        "what size is the {t}?",
+        "how big is the {t}?",
+        "how large is the {t}?",
+        "is the {t} small or large?",
+        "is the {t} big or small?",
+        "what is the size of the {t}?",
+    ),
+    "count": (
+        "how many {tp} are there?",
+        "how many {tp} can you see?",
+        "how many {tp} are in the picture?",
+        "how many {tp} are in the image?",
+        "how many {tp} do you see?",
+        "count the {tp}",
+        "what is the number of {tp}?",
+    ),
+    "exist": (
+        "is there {ta}?",
+        "do you see {ta}?",
+        "can you see {ta}?",
+        "are there any {tp}?",
+        "is there {ta} in the picture?",
+        "does the image contain {ta}?",
+        "does the picture have {ta}?",
+    ),
+    "relation": ("is the {t} {r} the {o}?",),
+    "query": (
+        "what is {r} the {o}?",
+        "what's {r} the {o}?",
+        "which object is {r} the {o}?",
+        "which shape is {r} the {o}?",
+        "what object is {r} the {o}?",
+        "what can you see {r} the {o}?",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Worded:
+    """A text as people might type it, and its meaning in the grammar, in the order the text says it."""
+
+    text: str
+    meaning: Statement | Question
+
+
+def _pick(rng: np.random.Generator, choices):
+    return choices[int(rng.integers(len(choices)))]
+
+
+def _plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith(("s", "x")) else "s")
+
+
+def phrase_words(phrase: ObjectPhrase, rng: np.random.Generator, plural: bool = False) -> str:
+    """The phrase's words without article, each said one of the ways people say it: "big blue squares",
+    "little round thing", "red star-shaped object"."""
+    words = []
+    if phrase.size is not None:
+        words.append(_pick(rng, SIZE_WORDS[phrase.size]))
+    if phrase.color is not None:
+        words.append(phrase.color)
+    if phrase.shape is not None and rng.random() < 0.75:
+        noun = phrase.shape
+    else:
+        if phrase.shape is not None:
+            words.append(_pick(rng, SHAPE_ADJECTIVES[phrase.shape]))
+        noun = _pick(rng, OBJECT_NOUNS)
+    words.append(_plural(noun) if plural else noun)
+    return " ".join(words)
+
+
+def _article(words: str) -> str:
+    return "an" if words[0] in "aeiou" else "a"
+
+
+def _with_article(phrase: ObjectPhrase, rng: np.random.Generator, definite_ok: bool = False) -> str:
+    words = phrase_words(phrase, rng)
+    if definite_ok and rng.random() < 0.2:
+        return "the " + words
+    return f"{_article(words)} {words}"
+
+
+def _number(count: int, rng: np.random.Generator) -> str:
+    word = COUNT_WORDS[count]
+    said = DIGITS[word] if rng.random() < 0.4 else word
+    return ("exactly " + said) if rng.random() < 0.15 else said
+
+
+def _say_part(part, rng: np.random.Generator) -> tuple[str, object]:
+    if isinstance(part, RelationPhrase):
+        if rng.random() < 0.5:  # said from the other object's side
+            part = RelationPhrase(part.other, INVERSE_RELATION[part.relation], part.subject)
+        relation = _pick(rng, RELATION_WORDS[part.relation])
+        return f"{_with_article(part.subject, rng)} {relation} {_with_article(part.other, rng, True)}", part
+    if isinstance(part, CountPhrase):
+        return f"{_number(part.count, rng)} {phrase_words(part.phrase, rng, plural=part.count != 1)}", part
+    roll = rng.random()
+    if roll < 0.2:
+        return phrase_words(part, rng, plural=True), part  # "red circles": at least one, as "a red circle"
+    if roll < 0.3:
+        return phrase_words(part, rng), part
+    return _with_article(part, rng), part
+
+
+def word_statement(statement: Statement, rng: np.random.Generator) -> Worded:
+    """``statement`` as people might type a search query for it."""
+    said = [_say_part(part, rng) for part in statement.parts]
+    texts = [t for t, _ in said]
+    if len(texts) <= 2:
+        body = _pick(rng, JOINERS).join(texts)
+    else:
+        body = ", ".join(texts[:-1]) + " and " + texts[-1]
+    text = _pick(rng, QUERY_FILLERS).format(body)
+    return Worded(_finish(text, rng, "."), Statement(tuple(p for _, p in said)))
+
+
+def word_question(question: Question, rng: np.random.Generator) -> Worded:
+    """``question`` as people might ask it."""
+    if question.type == "relation" and rng.random() < 0.5:  # said from the other object's side
+        question = Question("relation", question.other, INVERSE_RELATION[question.relation], question.target)
+    form = _pick(rng, QUESTION_FORMS[question.type])
+    fields = {}
+    if question.target is not None:
+        fields["t"] = phrase_words(question.target, rng)
+        fields["tp"] = phrase_words(question.target, rng, plural=True)
+        words = phrase_words(question.target, rng)
+        fields["ta"] = f"{_article(words)} {words}"
+    if question.other is not None:
+        fields["o"] = phrase_words(question.other, rng)
+        fields["r"] = _pick(rng, RELATION_WORDS[question.relation])
+    return Worded(_finish(form.format(**fields), rng, "?"), question)
+
+
+def _finish(text: str, rng: np.random.Generator, mark: str) -> str:
+    """Capitals and end marks as people type them: the reader must not depend on either."""
+    text = text.rstrip("?") if rng.random() < 0.15 else text
+    if not text.endswith("?") and rng.random() < 0.15:
+        text += mark
+    if rng.random() < 0.2:
+        text = text[0].upper() + text[1:]
+    return text
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every word a worded text can hold (the grammar's own among them), split as :data:`WORD` splits them."""
+    texts = [*COLORS, *SHAPES, *map(_plural, SHAPES), *OBJECT_NOUNS, *map(_plural, OBJECT_NOUNS), *COUNT_WORDS]
+    texts += [w for options in SIZE_WORDS.values() for w in options]
+    texts += [a for options in SHAPE_ADJECTIVES.values() for a in options]
+    texts += [w for options in RELATION_WORDS.values() for w in options] + list(JOINERS) + list(DIGITS.values())
+    texts += ["a an the exactly"] + [f.replace("{}", "") for f in QUERY_FILLERS]
+    texts += [f.format(t="", tp="", ta="", o="", r="") for forms in QUESTION_FORMS.values() for f in forms]
+    return tuple(sorted({w for t in texts for w in WORD.findall(t.lower())}))
