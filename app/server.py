@@ -115,10 +115,11 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         # Links the browser follows as the results arrive; absolute, as Gradio passes only those through untouched.
         root = get_root_url(request.request, get_api_call_path(request.request), app.root_path)
         gallery = [(thumbnail_link(root, r.id, r.matched), _result_caption(i, r)) for i, r in enumerate(results, 1)]
+        _, not_understood = collection.searcher().not_understood(query)
         if transcript is None:
-            return gallery, rows, rows, gr.update(value="", visible=False), ""
+            return gallery, rows, rows, gr.update(value="", visible=False), not_understood or ""
         doubt = Searcher.doubt(transcript, query)
-        note = transcript.summary() + (f" · {doubt}" if doubt else "")
+        note = " · ".join(m for m in (transcript.summary(), doubt, not_understood) if m)
         return gallery, rows, rows, gr.update(value=transcript.text, visible=True), note
 
     def search_heard(heard, image, negative, k, rerank, request: gr.Request):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from encoders.image import SwinImageEncoder, normalize_pixels, preprocess_image
 from encoders.language import MoEConfig, MoELanguageModel
 from encoders.pixels import letterboxed_batch
 from encoders.slots import SlotEncoder
+from encoders.tokenizer import WORD
 from encoders.transcribe import Transcript, WordDecoder
 from fusion.adapters import Adapter, SlotPooler
 from fusion.answers import AnswerReasoner
@@ -43,7 +43,6 @@ WEIGHTS_FILE = "model.safetensors"
 EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the package, by name
 DEFAULT_MODEL = "shapes"
 MAX_ANSWER_TOKENS = 8
-WORD = re.compile(r"[^\W_]+")  # a word, in any script
 
 
 class EvidenceScores(LogitsProcessor):
@@ -73,6 +72,7 @@ class Answer:
     attention: np.ndarray | None = None
     looked_at: list[dict] = field(default_factory=list)
     note: str | None = None  # what the model cannot answer, for a model that answers only some questions
+    unknown_words: list[str] = field(default_factory=list)  # words of the question the model cannot read
 
     def to_dict(self) -> dict:
         out = {
@@ -84,6 +84,8 @@ class Answer:
             out["looked_at"] = self.looked_at
         if self.note:
             out["note"] = self.note
+        if self.unknown_words:
+            out["unknown_words"] = self.unknown_words
         return out
 
 
@@ -395,6 +397,7 @@ class MModalModel(nn.Module, RetrievalModel):
             confidence=answer.confidence * known,
             alternatives=[(a, c * known) for a, c in answer.alternatives],
             note=f"the model does not know the words {', '.join(unknown[:5])}: the answer is a guess",
+            unknown_words=unknown,
         )
 
     def _answer(self, images, questions: Sequence[str], alternatives: int) -> list[Answer]:

@@ -109,6 +109,10 @@ class RetrievalModel:
         """Scores for a text query's candidates (K,), given their cosine ``scores`` and stored ``vectors`` (K, D)."""
         raise NotImplementedError
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` the model never learned to read (none for a model that reads any text)."""
+        return []
+
     def encode_audio(self, clips) -> torch.Tensor:
         raise UnsupportedQueryError(
             f"model {self.model_name!r} does not take voice queries; search by text or image, or use the `shapes` model"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from encoders.tokenizer import WORD
 from encoders.transcribe import Transcript
 from fusion.reasoner import Decision, Parse
 from indexes.collection import Hit, ImageIndex
@@ -106,6 +107,24 @@ class Searcher:
             "searched by its sound instead: check the words, or type them"
         )
 
+    def not_understood(self, query: Query) -> tuple[list[str], str | None]:
+        """The words of the query's texts that the model does not know, and what to tell the user of them."""
+        texts = [t for t in (query.text, *query.negative) if t is not None]
+        unknown = list(dict.fromkeys(w for t in texts for w in self.model.unknown_words(t)))
+        if not unknown:
+            return [], None
+        listed = ", ".join(f'"{w}"' for w in unknown[:8]) + (" …" if len(unknown) > 8 else "")
+        if self._only_unknown(query):
+            return unknown, f"the model knows none of these words: {listed}; nothing to search for. Try other words"
+        return unknown, f"the model does not know the words {listed}; the results read the query without them"
+
+    def _only_unknown(self, query: Query) -> bool:
+        """A text-only query none of whose words the model knows: it has nothing to search for."""
+        if query.text is None or query.image is not None or query.audio is not None:
+            return False
+        words = WORD.findall(query.text.lower())
+        return bool(words) and len(self.model.unknown_words(query.text)) == len(words)
+
     def query_vector(self, query: Query, read: bool = False) -> tuple[np.ndarray, list[Parse]]:
         """The query's embedding and, with ``read``, the reasoner's reading of its text and negative texts (the
         language core runs once for both)."""
@@ -134,6 +153,8 @@ class Searcher:
     ) -> list[SearchResult]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if self._only_unknown(query):
+            return []  # no confident results for words the model cannot read; `not_understood` says why
         rerank = rerank and query.text is not None and self.model.has_slots
         vector, parses = self.query_vector(query, read=rerank)
         text_only = query.text is not None and query.image is None and query.audio is None
