@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     shapes.set_defaults(handler=_data_shapes)
 
+    from mmodal.training.config import RECIPES
+
     train = commands.add_parser("train", help="train a model on the Shapes world (resumable)")
     train.add_argument("--config", help="JSON file of training settings (mmodal.training.config.TrainConfig)")
     train.add_argument("--out", help="run folder (checkpoints and the final model in OUT/model)")
@@ -287,15 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--answer-joint-steps", dest="answer_joint_steps", type=_count, help="answers recipe: own slots stage steps"
     )
+    train.add_argument(
+        "--language-steps", dest="language_steps", type=_count, help="language recipe: ground-truth slots stage steps"
+    )
+    train.add_argument(
+        "--language-joint-steps", dest="language_joint_steps", type=_count, help="language recipe: own slots steps"
+    )
     train.add_argument("--speech-steps", dest="speech_steps", type=_positive_int, help="speech recipe: steps")
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
     train.add_argument("--lr", type=float)
     train.add_argument(
         "--recipe",
-        choices=("slots", "answers", "speech", "full", "clip", "vqa"),
+        choices=RECIPES,
         help="slots (default): object slots and the slot reasoner over the towers of --init-from (default: the "
-        "shipped model); answers: answers from the slots of --init-from; speech: an audio tower that transcribes "
-        "spoken queries, over --init-from, on the spoken train splits in --data; full: the towers; clip: the "
+        "shipped model); language: a fresh tokenizer, language core, readers and answers over the slots of "
+        "--init-from, reading texts as people word them; answers: answers from the slots of --init-from; speech: "
+        "an audio tower that transcribes spoken queries, over --init-from, on the spoken train splits in --data; "
+        "full: the towers; clip: the "
         "plain-InfoNCE baseline; vqa: answers only, on --data or VQAv2",
     )
     train.add_argument(

@@ -6,12 +6,13 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-RECIPES = ("slots", "answers", "speech", "full", "clip", "vqa")
+RECIPES = ("slots", "language", "answers", "speech", "full", "clip", "vqa")
 # Settings whose default depends on the recipe (None in the dataclass): the slots recipe trains small modules
 # on small pictures, so it takes smaller batches at a higher rate.
 RECIPE_DEFAULTS = {
     "slots": {"batch_size": 64, "lr": 1.5e-3},
     "answers": {"batch_size": 64, "lr": 1e-3},
+    "language": {"batch_size": 64, "lr": 1e-3},
     "speech": {"batch_size": 32, "lr": 1e-3},
     None: {"batch_size": 128, "lr": 5e-4},
 }
@@ -32,7 +33,8 @@ class TrainConfig:
     # multi-positive texts,
     # mined and foil negatives, speech and answers; "clip": plain InfoNCE; "vqa": answers only, on the
     # questions of --data or of VQAv2 files (vqa_questions/annotations/images); "speech": an audio tower that
-    # transcribes, over init_from, on the spoken train splits in data
+    # transcribes, over init_from, on the spoken train splits in data; "language": a fresh tokenizer, language
+    # core, readers and answers over the slots of init_from, reading texts as people word them
     recipe: str = "slots"
     model: str = "default"  # "default", "tiny" (tests) or "dense" (the default with a dense language core)
     blind: bool = False  # recipes "vqa" and "answers": answer from the question alone (no image), a baseline
@@ -49,6 +51,9 @@ class TrainConfig:
     joint_steps: int = 600  # recipe "slots": reasoner and pooler on the detector's own slots
     answer_steps: int = 1500  # recipe "answers": the answer reasoner on noisy ground-truth slots
     answer_joint_steps: int = 300  # recipe "answers": the same on the detector's own slots
+    language_steps: int = 2000  # recipe "language": reading and answers on noisy ground-truth slots
+    language_joint_steps: int = 300  # recipe "language": the same on the detector's own slots
+    worded_share: float = 0.7  # recipe "language": share of texts worded as people type them (else the grammar's)
     speech_steps: int = 8000  # recipe "speech": the audio tower's words and embedding
     speech_parts: int = 6  # recipe "speech": spoken train splits of 2,000 queries to generate when data is missing
     slot_noise: float = 1.0  # how far ground-truth slots are blurred towards a detector's uncertainty
@@ -99,6 +104,8 @@ class TrainConfig:
             self.steps = self.answer_steps + self.answer_joint_steps
         if self.recipe == "speech":
             self.steps = self.speech_steps
+        if self.recipe == "language":
+            self.steps = self.language_steps + self.language_joint_steps
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be at least 1 and batch_size at least 2")
 

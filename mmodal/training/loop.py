@@ -32,6 +32,7 @@ from mmodal.training.answer_recipe import (
 from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import Batch, ShapesTrainingData
+from mmodal.training.language_recipe import LanguageRecipe
 from mmodal.training.mining import NeighbourBank
 from mmodal.training.slot_recipe import (
     SlotTrainingData,
@@ -54,6 +55,9 @@ from mmodal.training.vqa_data import QuestionAnswerData
 log = logging.getLogger(__name__)
 
 DATA_PARALLEL_RECIPES = ("full", "clip")
+# Recipes written as one object each: it builds the model, names the modules it trains, bounds its stages and
+# gives each step's losses over a SlotTrainingData.
+RECIPE_OBJECTS = {recipe.name: recipe for recipe in (LanguageRecipe(),)}
 
 MODEL_DIR = "model"
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -119,6 +123,8 @@ def _schedule(config: TrainConfig):
             start, length = stage_bounds(step, config)
         elif config.recipe == "answers":
             start, length = answer_stage_bounds(step, config)
+        elif config.recipe in RECIPE_OBJECTS:
+            start, length = RECIPE_OBJECTS[config.recipe].stage_bounds(step, config)
         else:
             start, length = 0, config.steps
         step, warmup = step - start, min(config.warmup_steps, max(1, length // 5))
@@ -225,6 +231,8 @@ def answer_losses(model: MModalModel, pixels: torch.Tensor, questions, answers, 
 
 
 def build_model(config: TrainConfig, dataset) -> MModalModel:
+    if config.recipe in RECIPE_OBJECTS:
+        return RECIPE_OBJECTS[config.recipe].build(config)
     if config.recipe == "speech":
         return build_speech_model(config, dataset.vocabulary, dataset.bigram())
     if config.recipe == "answers":
@@ -296,6 +304,9 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     elif config.recipe == "speech":
         freeze_towers(model, SPEECH_MODULES)
         data = speech
+    elif config.recipe in RECIPE_OBJECTS:
+        freeze_towers(model, RECIPE_OBJECTS[config.recipe].modules)
+        data = SlotTrainingData(dataset, model.input_size)
     elif config.recipe == "answers":
         freeze_towers(model, answer_modules(config))
         data = SlotTrainingData(dataset, model.input_size)
@@ -344,6 +355,11 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                 picks = rng.choice(len(data), size=config.batch_size, replace=False)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     losses = answer_recipe_losses(model, data, picks, step, config, rng, asked)
+                samples += config.batch_size
+            elif config.recipe in RECIPE_OBJECTS:
+                picks = rng.choice(len(data), size=config.batch_size, replace=False)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = RECIPE_OBJECTS[config.recipe].losses(model, data, picks, step, config, rng)
                 samples += config.batch_size
             elif config.recipe == "speech":
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):

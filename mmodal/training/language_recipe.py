@@ -1,0 +1,196 @@
+"""The "language" recipe: the language half of the slot model, trained from nothing over the slots of a model that
+has them (the shipped one by default), reading texts as people word them.
+
+A fresh tokenizer is built from the wording grammar (every word people use for the spec's meanings becomes a
+token of its own), and a fresh language core, text adapter, query reader and answer reasoner learn together,
+in two stages on one step counter:
+
+1. noisy ground-truth slots (no pixels, cheap): search texts (true queries of every structure, foils, and texts
+   drawn from the whole grammar) and questions, each worded as people type it with the targets of its meaning;
+   the query reader's parse targets and the soft logic's match loss, the text embedding's contrastive loss
+   against the image embedding that the frozen slot pooler gives, the question reader's targets and the
+   answer, written by the new core after the slot evidence;
+2. the same on the slots that the model's detector predicts, so that reading learns its mistakes.
+
+Perception (detector, crop classifier), the slot pooler and the relation scorer stay as they are: the image
+vectors of an index stay what they were, and the new text embedding learns to land beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from encoders.pixels import letterbox_frame
+from encoders.tokenizer import WORD, build_tokenizer
+from fusion.reasoner import PART_KINDS, parse_loss
+from kernels.contrastive import multi_positive_nce
+from mmodal.config import ModelConfig, with_answers
+from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
+from mmodal.shapes import wording, world
+from mmodal.shapes.semantics import COLORS, COUNT_WORDS, QUESTION_TYPES, SHAPES, Question
+from mmodal.training.answer_recipe import ANSWER_FOCUS, draw_questions, reading_targets
+from mmodal.training.config import TrainConfig
+from mmodal.training.data import draw_foil, draw_statement
+from mmodal.training.slot_recipe import TEXT_KINDS, SlotTrainingData, load_towers, slots_seen
+from mmodal.training.slots import IGNORE, ground_truth_slots, parse_targets
+
+LANGUAGE_MODULES = ("language.", "text_adapter.", "reasoner.reader.", "answerer.", "logit_scale")
+CORPUS_DRAWS = 20000  # statements and questions (each in the grammar's wording and in people's) for the tokenizer
+
+
+def wording_corpus(rng: np.random.Generator, draws: int = CORPUS_DRAWS) -> list[str]:
+    """Texts for the tokenizer: statements and questions from the whole grammar, each also worded as people do,
+    the answers, and the wording vocabulary itself, so that every word it knows is a token of its own."""
+    texts = []
+    for _ in range(draws):
+        statement, question = world.any_statement(rng, "train"), world.any_question(rng, "train")
+        texts += [statement.text(), wording.word_statement(statement, rng).text]
+        texts += [question.text(), wording.word_question(question, rng).text]
+    answers = [f"{c} {s}" for c in COLORS for s in SHAPES] + list(COUNT_WORDS) + ["yes", "no"]
+    return texts + answers + [" ".join(wording.vocabulary())] * 50
+
+
+def known_words(corpus: list[str]) -> tuple[str, ...]:
+    """Every word of the training texts, as the model records it (other words are named to the user)."""
+    return tuple(sorted({w for text in corpus for w in WORD.findall(text.lower())}))
+
+
+class LanguageRecipe:
+    """Builds the model, names what it trains, and gives each step's losses."""
+
+    name = "language"
+    modules = LANGUAGE_MODULES
+
+    def build(self, config: TrainConfig) -> MModalModel:
+        """The slot model of ``init_from`` (the shipped one by default) with a fresh tokenizer, language core, text
+        adapter, query reader and answer reasoner."""
+        folder = resolve_model_path(config.init_from or DEFAULT_MODEL)
+        base = ModelConfig.load(folder)
+        if base.slots is None:
+            raise ValueError(f"{folder} has no object slots; the language recipe reads over a model that has them")
+        corpus = wording_corpus(np.random.default_rng(config.seed))
+        tokenizer = build_tokenizer(corpus, vocab_size=base.text.vocab_size)
+        text = replace(base.text, known_words=known_words(corpus))
+        model_config = replace(base, text=text)
+        if model_config.answers is None:
+            model_config = with_answers(model_config, QUESTION_TYPES, ANSWER_FOCUS)
+        model = MModalModel(model_config, tokenizer)
+        load_towers(model, load_file(str(folder / WEIGHTS_FILE)), self.modules, str(folder))
+        return model
+
+    def stage_bounds(self, step: int, config: TrainConfig) -> tuple[int, int]:
+        """(first step, length) of the stage ``step`` is in: ground-truth slots, then the detector's own."""
+        if step < config.language_steps:
+            return 0, config.language_steps
+        return config.language_steps, config.language_joint_steps
+
+    def losses(
+        self,
+        model: MModalModel,
+        data: SlotTrainingData,
+        indices: np.ndarray,
+        step: int,
+        config: TrainConfig,
+        rng: np.random.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """One step's losses on the training scenes ``indices``."""
+        device = model.device
+        layout, n_slots = model.slot_encoder.layout, model.config.slots.max_slots
+        if step < config.language_steps:
+            scenes = [data.scenes[int(i)] for i in indices]
+            slots = torch.stack([ground_truth_slots(s, layout, n_slots, rng, config.slot_noise) for s in scenes])
+        else:
+            pixels, scenes = data.pictures.batch(indices, rng)
+            slots = slots_seen(model, pixels, torch.tensor([letterbox_frame(s.width, s.height) for s in scenes]))
+        slots = slots.to(device)
+        search = search_losses(model, scenes, slots, rng, config)
+        answers = answer_losses(model, scenes, slots, rng, config, step)
+        return {**search, **answers, "moe": search.pop("moe_balance") + answers.pop("moe_balance")}
+
+
+def _worded(items: list, say, share: float, rng: np.random.Generator) -> tuple[list[str], list]:
+    """Texts for ``items`` (statements or questions): a ``share`` of them worded as people type them; and the
+    meaning of each text as it says it."""
+    texts, meanings = [], []
+    for item in items:
+        if rng.random() < share:
+            worded = say(item, rng)
+            texts.append(worded.text)
+            meanings.append(worded.meaning)
+        else:
+            texts.append(item.text())
+            meanings.append(item)
+    return texts, meanings
+
+
+def search_losses(
+    model: MModalModel, scenes, slots: torch.Tensor, rng: np.random.Generator, config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Parse, match and contrastive losses for search texts about the batch's scenes and from the grammar."""
+    device = model.device
+    statements = [draw_statement(s, rng, TEXT_KINDS) for s in scenes]
+    statements += [f for f in (draw_foil(s, rng) for s in scenes[: len(scenes) // 2]) if f is not None]
+    readings = [world.any_statement(rng, "train") for _ in range(config.parse_texts)]
+    texts, meanings = _worded(statements + readings, wording.word_statement, config.worded_share, rng)
+    ids, mask = model.tokenize(texts)
+    tokens, balance = model.text_tokens(ids, mask)
+    n = len(statements)
+    text_emb = model.embed_text_tokens(tokens[:n], mask[:n])
+    reasoner = model.reasoner
+    logits = reasoner.reader(tokens, mask)
+    targets = parse_targets(meanings, reasoner.config)
+    losses = {"parse": config.parse_loss_weight * parse_loss(logits, {k: v.to(device) for k, v in targets.items()})}
+    holds = torch.tensor([[m.holds(sc) for sc in scenes] for m in meanings[:n]], dtype=torch.float32, device=device)
+    with torch.no_grad():
+        related = torch.sigmoid(reasoner.relation_scorer(slots[..., reasoner.layout.position]).float())
+        image_emb = model.slot_pooler(slots)
+    match = 0.0
+    for t in range(n):
+        kinds = [PART_KINDS[k] for k in targets["kind"][t].tolist()]
+        probability = reasoner.decide(reasoner.parse_from_logits(logits, t, kinds), slots, related).probability
+        match = match + F.binary_cross_entropy(probability.clamp(1e-5, 1 - 1e-5), holds[t])
+    losses["match"] = match / n
+    similarity = model.logit_scale.exp().clamp(max=100.0) * image_emb @ text_emb.t()  # (B, T): foils included
+    positives = holds.t().bool()
+    b = len(scenes)
+    losses["pool"] = 0.5 * (
+        multi_positive_nce(similarity, positives) + multi_positive_nce(similarity[:, :b].t(), positives[:, :b].t())
+    )
+    losses["moe_balance"] = balance
+    return losses
+
+
+def answer_losses(
+    model: MModalModel, scenes, slots: torch.Tensor, rng: np.random.Generator, config: TrainConfig, step: int
+) -> dict[str, torch.Tensor]:
+    """The question reader's targets and the answers' words, for one question per scene (every type in turn)
+    and questions from the whole grammar read for their targets alone."""
+    device = model.device
+    rows, questions, answers = draw_questions(scenes, rng, step * len(scenes))
+    slots = slots[rows]
+    n = len(questions)
+    extra: list[Question] = [world.any_question(rng, "train") for _ in range(config.parse_texts)]
+    texts, meanings = _worded(questions + extra, wording.word_question, config.worded_share, rng)
+    q_ids, q_mask = model.tokenize(texts)
+    a_ids, a_mask = model.tokenize(answers)
+    tokens, balance = model.text_tokens(q_ids, q_mask)
+    answerer = model.answerer
+    logits = answerer.read(tokens, q_mask)
+    evidence = answerer.evidence({k: v[:n] for k, v in logits.items()}, slots, model.reasoner)
+    answer, answer_balance = model.answer_loss_from_slots(answerer.prefix(evidence), evidence.features, a_ids, a_mask)
+    targets = reading_targets(meanings, model)
+    reading = [
+        F.cross_entropy(logits[k].float(), t.to(device), ignore_index=IGNORE)
+        for k, t in targets.items()
+        if (t != IGNORE).any()
+    ]
+    return {
+        "answer": config.vqa_loss_weight * answer,
+        "reading": config.parse_loss_weight * torch.stack(reading).mean(),
+        "moe_balance": balance + answer_balance,
+    }
