@@ -180,9 +180,9 @@ def _say_part(part, rng: np.random.Generator) -> tuple[str, object]:
     if isinstance(part, CountPhrase):
         return f"{_number(part.count, rng)} {phrase_words(part.phrase, rng, plural=part.count != 1)}", part
     roll = rng.random()
-    if roll < 0.2:
-        return phrase_words(part, rng, plural=True), part  # "red circles": at least one, as "a red circle"
     if roll < 0.3:
+        return phrase_words(part, rng, plural=True), part  # "red circles": at least one, as "a red circle"
+    if roll < 0.45:
         return phrase_words(part, rng), part
     return _with_article(part, rng), part
 

@@ -36,11 +36,15 @@ from mmodal.shapes.semantics import COLORS, COUNT_WORDS, QUESTION_TYPES, SHAPES,
 from mmodal.training.answer_recipe import ANSWER_FOCUS, draw_questions, reading_targets
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import draw_foil, draw_statement
-from mmodal.training.slot_recipe import TEXT_KINDS, SlotTrainingData, load_towers, slots_seen
+from mmodal.training.slot_recipe import TEXT_KINDS, SlotTrainingData, load_towers, slots_seen, splice_contexts
 from mmodal.training.slots import IGNORE, ground_truth_slots, parse_targets
 
 LANGUAGE_MODULES = ("language.", "text_adapter.", "reasoner.reader.", "answerer.", "logit_scale")
 CORPUS_DRAWS = 20000  # statements and questions (each in the grammar's wording and in people's) for the tokenizer
+# Whole-scene captions (lists of up to four objects) twice as often as the slots recipe reads them: a reader that
+# sees few long lists miscounts their parts.
+CAPTIONED_KINDS = (*TEXT_KINDS, "caption")
+VOCAB_SIZE = 1024  # room for every word of the wording grammar and the answers to be one token
 
 
 def wording_corpus(rng: np.random.Generator, draws: int = CORPUS_DRAWS) -> list[str]:
@@ -51,8 +55,8 @@ def wording_corpus(rng: np.random.Generator, draws: int = CORPUS_DRAWS) -> list[
         statement, question = world.any_statement(rng, "train"), world.any_question(rng, "train")
         texts += [statement.text(), wording.word_statement(statement, rng).text]
         texts += [question.text(), wording.word_question(question, rng).text]
-    answers = [f"{c} {s}" for c in COLORS for s in SHAPES] + list(COUNT_WORDS) + ["yes", "no"]
-    return texts + answers + [" ".join(wording.vocabulary())] * 50
+    words = " ".join([*wording.vocabulary(), *COLORS, *SHAPES, *COUNT_WORDS, "yes", "no"])
+    return texts + [words] * 500
 
 
 def known_words(corpus: list[str]) -> tuple[str, ...]:
@@ -74,8 +78,8 @@ class LanguageRecipe:
         if base.slots is None:
             raise ValueError(f"{folder} has no object slots; the language recipe reads over a model that has them")
         corpus = wording_corpus(np.random.default_rng(config.seed))
-        tokenizer = build_tokenizer(corpus, vocab_size=base.text.vocab_size)
-        text = replace(base.text, known_words=known_words(corpus))
+        tokenizer = build_tokenizer(corpus, vocab_size=VOCAB_SIZE)
+        text = replace(base.text, vocab_size=VOCAB_SIZE, known_words=known_words(corpus))
         model_config = replace(base, text=text)
         if model_config.answers is None:
             model_config = with_answers(model_config, QUESTION_TYPES, ANSWER_FOCUS)
@@ -128,18 +132,54 @@ def _worded(items: list, say, share: float, rng: np.random.Generator) -> tuple[l
     return texts, meanings
 
 
+def _donors(readings: list, change, say, config: TrainConfig, rng: np.random.Generator) -> tuple[list, list, list]:
+    """For a ``parse_splice`` share of ``readings``: (rows, their (text, meaning), their donors' texts), each
+    donor the same text with one attribute word changed and worded the same way, so that the two differ in that
+    word alone."""
+    rows, texts, donors = [], [], []
+    for i, reading in enumerate(readings):
+        donor = change(reading, rng, "train") if rng.random() < config.parse_splice else None
+        if donor is None:
+            continue
+        worded = rng.random() < config.worded_share
+        seed = int(rng.integers(2**31))
+        if worded:
+            said = say(reading, np.random.default_rng(seed))
+            texts.append((said.text, said.meaning))
+            donors.append(say(donor, np.random.default_rng(seed)).text)
+        else:
+            texts.append((reading.text(), reading))
+            donors.append(donor.text())
+        rows.append(i)
+    return rows, texts, donors
+
+
+def _read_with_donors(model: MModalModel, texts: list[str], spliced: list[int], donors: list[str]):
+    """The core's tokens of ``texts``, each row of ``spliced`` with every word it shares with its donor taken from
+    the donor's context (see ``splice_contexts``): the reader learns to read each word for itself, as it must for
+    the colour–shape pairs that training never shows together."""
+    ids, mask = model.tokenize(texts + donors)
+    tokens, balance = model.text_tokens(ids, mask)
+    if spliced:
+        rows = torch.tensor(spliced, device=model.device)
+        tokens = splice_contexts(tokens, ids, rows, len(texts))
+    return tokens[: len(texts)], mask[: len(texts)], balance
+
+
 def search_losses(
     model: MModalModel, scenes, slots: torch.Tensor, rng: np.random.Generator, config: TrainConfig
 ) -> dict[str, torch.Tensor]:
     """Parse, match and contrastive losses for search texts about the batch's scenes and from the grammar."""
     device = model.device
-    statements = [draw_statement(s, rng, TEXT_KINDS) for s in scenes]
+    statements = [draw_statement(s, rng, CAPTIONED_KINDS) for s in scenes]
     statements += [f for f in (draw_foil(s, rng) for s in scenes[: len(scenes) // 2]) if f is not None]
     readings = [world.any_statement(rng, "train") for _ in range(config.parse_texts)]
     texts, meanings = _worded(statements + readings, wording.word_statement, config.worded_share, rng)
-    ids, mask = model.tokenize(texts)
-    tokens, balance = model.text_tokens(ids, mask)
     n = len(statements)
+    rows, spliced_texts, donors = _donors(readings, world.one_word_changed, wording.word_statement, config, rng)
+    for row, (text, meaning) in zip(rows, spliced_texts):
+        texts[n + row], meanings[n + row] = text, meaning
+    tokens, mask, balance = _read_with_donors(model, texts, [n + r for r in rows], donors)
     text_emb = model.embed_text_tokens(tokens[:n], mask[:n])
     reasoner = model.reasoner
     logits = reasoner.reader(tokens, mask)
@@ -176,9 +216,11 @@ def answer_losses(
     n = len(questions)
     extra: list[Question] = [world.any_question(rng, "train") for _ in range(config.parse_texts)]
     texts, meanings = _worded(questions + extra, wording.word_question, config.worded_share, rng)
-    q_ids, q_mask = model.tokenize(texts)
+    rows, spliced_texts, donors = _donors(extra, world.question_word_changed, wording.word_question, config, rng)
+    for row, (text, meaning) in zip(rows, spliced_texts):
+        texts[n + row], meanings[n + row] = text, meaning
+    tokens, q_mask, balance = _read_with_donors(model, texts, [n + r for r in rows], donors)
     a_ids, a_mask = model.tokenize(answers)
-    tokens, balance = model.text_tokens(q_ids, q_mask)
     answerer = model.answerer
     logits = answerer.read(tokens, q_mask)
     evidence = answerer.evidence({k: v[:n] for k, v in logits.items()}, slots, model.reasoner)
