@@ -211,12 +211,12 @@ def test_thumbnails_are_drawn_on_request_with_the_matched_boxes(served, dataset)
     with Image.open(io.BytesIO(boxed.content)) as with_boxes, Image.open(io.BytesIO(plain.content)) as without:
         assert max(with_boxes.size) <= 320 and with_boxes.size == without.size
         changed = np.abs(np.asarray(with_boxes, np.int16) - np.asarray(without, np.int16)).sum(-1) > 60
-        width = with_boxes.width
+        width, height = with_boxes.size
     # Two boxes, one per phrase, drawn as outlines: a few hundred pixels, not the picture.
     assert 100 < changed.sum() < 0.25 * changed.size
     ys, xs = np.nonzero(changed)
     for box in rows[0]["matched"]:  # each box is drawn around its object: changed pixels on its outline
-        cx, cy, half = box["cx"] * width, box["cy"] * width, box["d"] * width * 0.6
+        cx, cy, half = box["cx"] * width, box["cy"] * height, box["d"] * width * 0.6
         on_outline = (np.abs(np.abs(xs - cx) - half) <= 2) & (np.abs(ys - cy) <= half + 2)
         assert on_outline.sum() > half, box
 

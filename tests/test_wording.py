@@ -1,6 +1,8 @@
 """People's wording: every worded text means what its statement or question means, in every scene."""
 
 import numpy as np
+import torch
+from PIL import Image
 
 from mmodal.shapes import wording, world
 from mmodal.shapes.semantics import RELATIONS, Question, RelationPhrase, Statement
@@ -66,3 +68,60 @@ def test_test_queries_cover_every_phrase_form_in_every_position(dataset):
     for position in ("subject", "other"):
         assert {getattr(p, position).form for p in made} == set(PHRASE_FORMS)
     assert relations  # the generated test split asks relations
+
+
+WORDED_QUERIES = [
+    ("show me a big blue square", "a large blue square"),
+    ("red circles", "a red circle"),
+    ("2 green objects", "two green objects"),
+    ("a red circle to the left of a blue square", "a red circle left of a blue square"),
+    ("a star beneath a triangle", "a triangle above a star"),
+    ("a tiny round thing on top of a large object", "a small circle above a large object"),
+    ("pictures with a yellow item and a white hexagonal shape in it", "a yellow object and a white hexagon"),
+    ("find 3 stars", "three stars"),
+]
+
+
+def test_the_shipped_model_reads_people_wording_as_the_grammar(model, dataset):
+    from mmodal.shapes.semantics import parse_statement
+
+    images = [Image.open(dataset.image_path(r)) for r in dataset.images]
+    _, slots = model.encode_image_slots(images)
+    parses = model.read_queries([t for pair in WORDED_QUERIES for t in pair])
+    agree, right, cells = 0, 0, 0
+    for k, (_, meaning) in enumerate(WORDED_QUERIES):
+        worded = model.decide(parses[2 * k], slots).probability > 0.5
+        grammar = model.decide(parses[2 * k + 1], slots).probability > 0.5
+        truth = torch.tensor([parse_statement(meaning).holds(r.scene) for r in dataset.images])
+        agree += int((worded == grammar).sum())
+        right += int((worded == truth).sum())
+        cells += len(truth)
+    assert agree / cells >= 0.98 and right / cells >= 0.97
+
+
+WORDED_QUESTIONS = [
+    ("what is the colour of the {t}?", "color", ("shape",)),
+    ("how big is the {t}?", "size", ("color", "shape")),
+    ("is the {t} small or large?", "size", ("color", "shape")),
+    ("how many {tp} can you see?", "count", ("color",)),
+    ("do you see a {t}?", "exist", ("color", "shape")),
+]
+
+
+def test_the_shipped_model_answers_people_questions(model, dataset):
+    from mmodal.shapes.semantics import ObjectPhrase, Question, normalize_answer
+
+    asked, right = 0, 0
+    for record in dataset.images[:40]:
+        image = Image.open(dataset.image_path(record))
+        obj = record.scene.objects[0]
+        for form, qtype, attributes in WORDED_QUESTIONS:
+            phrase = ObjectPhrase(**{a: getattr(obj, a) for a in attributes})
+            truth = Question(qtype, phrase).answer(record.scene)
+            if truth is None:
+                continue
+            text = form.format(t=phrase.words(), tp=phrase.words(plural=True))
+            answer = model.ask([image], [text], alternatives=0)[0]
+            asked += 1
+            right += normalize_answer(answer.answer) == normalize_answer(truth)
+    assert asked >= 100 and right / asked >= 0.95
