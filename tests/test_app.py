@@ -346,3 +346,15 @@ def test_a_negated_text_moves_what_it_names_down(served, dataset):
     _, negated = search(client, "a circle", negative=f"a {colour} circle", k=10)
     assert sum(colour in circle_colours(r) for r in negated) < held
     assert all(circle_colours(r) for r in negated[:5])  # still circles
+
+
+def test_the_page_names_the_words_it_does_not_know(served):
+    _, _, client = served
+    gallery, rows, _heard, note = client.predict(
+        "show me a zorbly blue square", None, None, "", 5, True, api_name="/search"
+    )
+    assert len(rows) == 5 and '"zorbly"' in note and "does not know" in note
+    gallery, rows, _heard, note = client.predict("zorbly blarf", None, None, "", 5, True, api_name="/search")
+    assert rows == [] and "none of these words" in note
+    _, _, _, note = client.predict("show me a big blue square", None, None, "", 5, True, api_name="/search")
+    assert note == ""
