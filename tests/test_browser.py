@@ -99,3 +99,14 @@ def test_search_open_a_result_ask_and_add_a_folder(page, served, dataset, model,
     shown = "".join(stats.inner_text().split())
     assert f'"images":{collection.stats()["images"]},' in shown
     _screenshot(page, shots / "index.png")
+
+
+@pytest.mark.slow
+def test_the_page_says_which_words_it_does_not_know(page, served):
+    _, url, _ = served
+    page.goto(url)
+    page.locator("#query-text textarea").fill("show me a zorbly blue square")
+    page.locator("#search-button").click()
+    page.wait_for_function("document.querySelector('#heard-note').innerText.includes('zorbly')")
+    assert "does not know" in page.locator("#heard-note").inner_text()
+    page.locator("#results img").first.wait_for(state="visible")  # the words it knows still search
