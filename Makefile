@@ -26,7 +26,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	test -f $(DEMO_DATA)/dataset.json || $(BIN)/mmodal data shapes --out $(DEMO_DATA) --n 500 --seed 0 --split test --speech
-	$(BIN)/mmodal index $(DEMO_DATA)/images --index $(DEMO_DATA)/index
+	# An index made by an earlier shipped model refuses the new one; the demo's own index is then made afresh.
+	$(BIN)/mmodal index $(DEMO_DATA)/images --index $(DEMO_DATA)/index || \
+		{ rm -rf $(DEMO_DATA)/index && $(BIN)/mmodal index $(DEMO_DATA)/images --index $(DEMO_DATA)/index; }
 	$(BIN)/mmodal serve --index $(DEMO_DATA)/index --host $(HOST) --port $(PORT)
 
 test: system-test $(STAMP)
