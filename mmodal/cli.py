@@ -62,7 +62,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmodal.data.dataset import read_dataset
-    from mmodal.data.generate import generate_shapes
+    from mmodal.data.generate import QUERY_DRAW, generate_shapes
     from mmodal.evaluate import evaluate, format_report
     from mmodal.model import MModalModel
 
@@ -72,6 +72,9 @@ def _eval(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{data} holds no dataset; leave out --data to generate a test split")
         generate_shapes(data, n=args.n, seed=args.seed, split="test", with_speech=True)
     dataset = read_dataset(data)
+    if not args.data and dataset.info.get("query_draw") != QUERY_DRAW:
+        log.info("%s was drawn by an earlier query generator: drawing it again", data)
+        dataset = generate_shapes(data, n=args.n, seed=args.seed, split="test", with_speech=True)
     report = {}
     for name in args.model:
         model = MModalModel.from_pretrained(name)

@@ -37,6 +37,9 @@ _IMAGE_STREAM, _QUERY_STREAM, _VOICE_STREAM = 0, 1, 2
 JPEG_FRACTION = 0.5
 JPEG_QUALITY = (60, 95)
 MAX_QUERIES = 2000
+# How search queries are drawn: 2 draws every phrase form evenly in every position (1 gave relations and
+# conjunctions colour and shape on both sides). A test split of another draw is made again by `mmodal eval`.
+QUERY_DRAW = 2
 
 
 def _rng(seed: int, split: str, stream: int, index: int = 0) -> np.random.Generator:
@@ -167,6 +170,7 @@ def generate_shapes(
         "n_images": n,
         "speech": with_speech,
         "held_out_pairs": sorted([c, s] for c, s in HELD_OUT_PAIRS),
+        "query_draw": QUERY_DRAW,
         "counts": {
             "images": len(dataset.images),
             "captions": len(dataset.captions),
