@@ -83,11 +83,19 @@ class Manifest:
         write_bytes(folder / MANIFEST_FILE, self.to_json().encode())
 
     def check_model(self, model: ModelIdentity, folder: Path) -> None:
-        if model != self.model:
-            raise ModelMismatchError(
-                f"the index in {folder} was built with model {_describe(self.model)} but the model in use is "
-                f"{_describe(model)}. Search it with the model that built it, or index into a new folder."
-            )
+        if model == self.model:
+            return
+        # The same name with other weights: most often a model shipped with mmodal that a new release retrained.
+        advice = (
+            f"the model {model.name!r} has changed since (a newer version): index the pictures again, into a new "
+            f"folder or after removing {folder}"
+            if model.name == self.model.name
+            else "Search it with the model that built it, or index into a new folder"
+        )
+        raise ModelMismatchError(
+            f"the index in {folder} was built with model {_describe(self.model)} but the model in use is "
+            f"{_describe(model)}; {advice}."
+        )
 
 
 def _describe(model: ModelIdentity) -> str:
