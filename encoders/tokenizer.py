@@ -34,3 +34,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
         single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tokenizer.token_to_id(BOS)), (EOS, tokenizer.token_to_id(EOS))]
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, bos_token=BOS, eos_token=EOS)
+
+
+def known_words(corpus: Iterable[str]) -> tuple[str, ...]:
+    """Every word of ``corpus`` as :data:`WORD` splits them, sorted: what a model built on it records as known."""
+    return tuple(sorted({w for text in corpus for w in WORD.findall(text.lower())}))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +138,9 @@ def evaluate(
                     result["detector"] = _detector_metrics(model, dataset, slots)
             if paraphrases is not None:
                 result["paraphrases"] = {
-                    "search": score_search(search_pairs, dataset, lambda t: ranker.rank(Query(text=t)), _unknown(model))
+                    "search": score_search(
+                        search_pairs, dataset, lambda t: ranker.rank(Query(text=t)), model.unknown_words
+                    )
                 }
             spoken = [q for q in dataset.queries if q.audio]
             if spoken:
@@ -155,7 +156,7 @@ def evaluate(
         def ask(pictures, questions):
             return [a.answer for a in model.ask(pictures, questions, alternatives=1)]
 
-        result["paraphrases"]["questions"] = score_questions(question_pairs, dataset, ask, _unknown(model))
+        result["paraphrases"]["questions"] = score_questions(question_pairs, dataset, ask, model.unknown_words)
     if model.config.text.n_routed_experts:
         counts = torch.stack(routed).sum(dim=0)  # (layers, experts)
         share = counts / counts.sum(dim=1, keepdim=True)
@@ -177,10 +178,6 @@ def _structure_metrics(rankings: list[np.ndarray], dataset: Dataset, index_of: d
             continue
         per_structure[structure].append(precision_at_10(ranking, {index_of[i] for i in query.relevant}))
     return {s: {"p@10": round(float(np.mean(v)), 4), "n": len(v)} for s, v in sorted(per_structure.items())}
-
-
-def _unknown(model) -> Callable[[str], list[str]]:
-    return getattr(model, "unknown_words", lambda text: [])
 
 
 class _Ranker:

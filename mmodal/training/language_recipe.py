@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from encoders.pixels import letterbox_frame
-from encoders.tokenizer import WORD, build_tokenizer
+from encoders.tokenizer import build_tokenizer, known_words
 from fusion.reasoner import PART_KINDS, parse_loss
 from kernels.contrastive import multi_positive_nce
 from mmodal.config import ModelConfig, with_answers
@@ -36,8 +35,8 @@ from mmodal.shapes.semantics import COLORS, COUNT_WORDS, QUESTION_TYPES, SHAPES,
 from mmodal.training.answer_recipe import ANSWER_FOCUS, draw_questions, reading_targets
 from mmodal.training.config import TrainConfig
 from mmodal.training.data import draw_foil, draw_statement
-from mmodal.training.slot_recipe import TEXT_KINDS, SlotTrainingData, load_towers, slots_seen, splice_contexts
-from mmodal.training.slots import IGNORE, ground_truth_slots, parse_targets
+from mmodal.training.slot_recipe import TEXT_KINDS, SlotTrainingData, batch_slots, load_towers, splice_contexts
+from mmodal.training.slots import IGNORE, parse_targets
 
 LANGUAGE_MODULES = ("language.", "text_adapter.", "reasoner.reader.", "answerer.", "logit_scale")
 CORPUS_DRAWS = 20000  # statements and questions (each in the grammar's wording and in people's) for the tokenizer
@@ -57,11 +56,6 @@ def wording_corpus(rng: np.random.Generator, draws: int = CORPUS_DRAWS) -> list[
         texts += [question.text(), wording.word_question(question, rng).text]
     words = " ".join([*wording.vocabulary(), *COLORS, *SHAPES, *COUNT_WORDS, "yes", "no"])
     return texts + [words] * 500
-
-
-def known_words(corpus: list[str]) -> tuple[str, ...]:
-    """Every word of the training texts, as the model records it (other words are named to the user)."""
-    return tuple(sorted({w for text in corpus for w in WORD.findall(text.lower())}))
 
 
 class LanguageRecipe:
@@ -103,15 +97,8 @@ class LanguageRecipe:
         rng: np.random.Generator,
     ) -> dict[str, torch.Tensor]:
         """One step's losses on the training scenes ``indices``."""
-        device = model.device
-        layout, n_slots = model.slot_encoder.layout, model.config.slots.max_slots
-        if step < config.language_steps:
-            scenes = [data.scenes[int(i)] for i in indices]
-            slots = torch.stack([ground_truth_slots(s, layout, n_slots, rng, config.slot_noise) for s in scenes])
-        else:
-            pixels, scenes = data.pictures.batch(indices, rng)
-            slots = slots_seen(model, pixels, torch.tensor([letterbox_frame(s.width, s.height) for s in scenes]))
-        slots = slots.to(device)
+        seen = step >= config.language_steps
+        scenes, slots = batch_slots(model, data, indices, rng, config.slot_noise, seen)
         search = search_losses(model, scenes, slots, rng, config)
         answers = answer_losses(model, scenes, slots, rng, config, step)
         return {**search, **answers, "moe": search.pop("moe_balance") + answers.pop("moe_balance")}

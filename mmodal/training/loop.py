@@ -14,13 +14,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from encoders.tokenizer import build_tokenizer
+from encoders.tokenizer import build_tokenizer, known_words
 from kernels.contrastive import contrastive_loss, multi_positive_nce
 from mmodal.config import ModelConfig, dense_config, tiny_config
 from mmodal.data.dataset import DatasetFormatError, read_dataset
 from mmodal.data.generate import generate_shapes
 from mmodal.data.vqa import read_vqa
-from mmodal.model import WORD, MModalModel
+from mmodal.model import MModalModel
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, RELATIONS, SHAPES, SIZES
 from mmodal.training import distributed
 from mmodal.training.answer_recipe import (
@@ -249,11 +249,6 @@ def build_model(config: TrainConfig, dataset) -> MModalModel:
     tokenizer = build_tokenizer(corpus, vocab_size=model_config.text.vocab_size)
     model_config.text.known_words = known_words(corpus)
     return MModalModel(model_config, tokenizer)
-
-
-def known_words(corpus: list[str]) -> tuple[str, ...]:
-    """Every word of the training texts, as the model records it (questions with other words get less trust)."""
-    return tuple(sorted({w for text in corpus for w in WORD.findall(text.lower())}))
 
 
 def train(config: TrainConfig, resume: bool = False, for_steps: int | None = None) -> Path | None:

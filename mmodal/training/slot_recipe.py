@@ -137,15 +137,23 @@ def slot_losses(
     if stage == "perception":
         pixels, scenes = data.pictures.batch(indices, rng)
         return perception_losses(model.slot_encoder, pixels.to(model.device), scenes, rng)
-    layout = model.slot_encoder.layout
-    max_slots = model.config.slots.max_slots
-    if stage == "reasoner":
-        scenes = [data.scenes[int(i)] for i in indices]
-        slots = torch.stack([ground_truth_slots(s, layout, max_slots, rng, config.slot_noise) for s in scenes])
-    else:
+    scenes, slots = batch_slots(model, data, indices, rng, config.slot_noise, seen=stage == "joint")
+    return reasoning_losses(model, scenes, slots, rng, config)
+
+
+def batch_slots(
+    model: MModalModel, data: SlotTrainingData, indices: np.ndarray, rng: np.random.Generator, noise: float, seen: bool
+) -> tuple[list[Scene], torch.Tensor]:
+    """The scenes ``indices`` and their slots (B, N, F) on the model's device: noisy ground-truth slots (no
+    pixels), or with ``seen`` the slots the model's detector gives its pictures."""
+    if seen:
         pixels, scenes = data.pictures.batch(indices, rng)
         slots = slots_seen(model, pixels, torch.tensor([letterbox_frame(s.width, s.height) for s in scenes]))
-    return reasoning_losses(model, scenes, slots.to(model.device), rng, config)
+    else:
+        layout, n_slots = model.slot_encoder.layout, model.config.slots.max_slots
+        scenes = [data.scenes[int(i)] for i in indices]
+        slots = torch.stack([ground_truth_slots(s, layout, n_slots, rng, noise) for s in scenes])
+    return scenes, slots.to(model.device)
 
 
 def splice_contexts(tokens: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, donors_from: int) -> torch.Tensor:
