@@ -1,5 +1,6 @@
 """One training step of the default model on the GPU, with the Triton kernels and with the torch references
-(MMODAL_KERNELS=torch), as `mmodal train` runs it: the full recipe, bf16 autocast, AdamW.
+(MMODAL_KERNELS=torch), as `mmodal train` runs it: the reading stage (language core, readers, answers, pooler),
+bf16 autocast, AdamW.
 
     python benchmarks/kernels_training_step.py [--batch-size 128] [--steps 20]    # needs CUDA; prints JSON
 
@@ -22,7 +23,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -30,29 +31,31 @@ def main() -> None:
     from mmodal.data.dataset import read_dataset
     from mmodal.data.generate import generate_shapes
     from mmodal.training.config import TrainConfig
-    from mmodal.training.data import ShapesTrainingData
-    from mmodal.training.loop import build_model, compute_losses
+    from mmodal.training.reading import ReadingStage
+    from mmodal.training.slot_batches import SlotTrainingData, freeze_towers
+    from mmodal.training.stages import build_model
 
     report = {"device": torch.cuda.get_device_name(), "batch_size": args.batch_size, "settings": {}}
     with tempfile.TemporaryDirectory() as tmp:
         generate_shapes(Path(tmp) / "train", n=1024, seed=0, split="train", workers=os.cpu_count() or 1)
         dataset = read_dataset(Path(tmp) / "train")
-        config = TrainConfig(out=tmp, data=str(Path(tmp) / "train"), recipe="full", speech=False)
+        config = TrainConfig(out=tmp, data=str(Path(tmp) / "train"), speech_steps=0)
+        stage = ReadingStage(seen=False)
         for setting in ("torch", "auto"):
             os.environ["MMODAL_KERNELS"] = setting
             torch.manual_seed(0)
-            model = build_model(config, dataset).cuda().train()
-            data = ShapesTrainingData(dataset, model.config.image.image_size)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            model = build_model(config, None).cuda().train()
+            data = SlotTrainingData(dataset, model.input_size)
+            optimizer = torch.optim.AdamW(freeze_towers(model, stage.modules), lr=1e-4)
             rng = np.random.default_rng(0)
             torch.cuda.reset_peak_memory_stats()
             times = []
             for step in range(args.steps + 3):
-                batch = data.batch(rng.choice(len(data), args.batch_size, replace=False), rng, "full")
                 torch.cuda.synchronize()
                 start = time.perf_counter()
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    total = sum(compute_losses(model, batch, None, config).values())
+                    mined = np.zeros(0, np.int64)
+                    total = sum(stage.losses(model, data, args.batch_size, mined, step, config, rng).values())
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

@@ -17,15 +17,15 @@ from PIL import Image
 from torch import nn
 
 from mmodal.data.dataset import read_dataset
+from mmodal.model import MModalModel
 from mmodal.shapes.semantics import COLORS, COUNT_WORDS, QUESTION_TYPES, SHAPES, SIZES, normalize_answer, parse_question
-from mmodal.training.answer_recipe import build_answer_model, draw_questions, reading_targets
-from mmodal.training.config import TrainConfig
+from mmodal.training.questions import draw_questions, reading_targets
 from mmodal.training.slots import IGNORE, ground_truth_slots
 
 torch.manual_seed(0)
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 600
 torch.set_num_threads(2)
-model = build_answer_model(TrainConfig(recipe="answers", init_from="shapes")).eval()
+model = MModalModel.from_pretrained("shapes").eval()
 for p in model.parameters():
     p.requires_grad_(False)
 answerer = model.answerer

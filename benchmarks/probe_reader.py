@@ -33,8 +33,7 @@ from mmodal.evaluate import precision_at_10
 from mmodal.paraphrase_eval import read_paraphrases
 from mmodal.shapes import wording, world
 from mmodal.shapes.semantics import COLORS, RELATIONS, SHAPES, SIZES, parse_statement
-from mmodal.training.data import draw_foil, draw_statement
-from mmodal.training.slot_recipe import TEXT_KINDS
+from mmodal.training.slot_batches import TEXT_KINDS, draw_foil, draw_statement
 from mmodal.training.slots import ground_truth_slots, parse_targets, relation_targets
 
 ATTRIBUTES = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}

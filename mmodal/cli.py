@@ -270,82 +270,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--n-images", dest="n_images", type=_positive_int, help="images to generate when --data is missing"
     )
-    train.add_argument("--steps", type=_positive_int, help="steps of the full, clip and vqa recipes")
+    train.add_argument("--speech-data", dest="speech_data", help="spoken train splits folder; generated when missing")
     for stage, what in (
-        ("perception", "detector and crop"),
-        ("reasoner", "ground-truth slots"),
-        ("joint", "own slots"),
+        ("perception", "detector and crop classifier, on pixels"),
+        ("reading", "the language half on noisy ground-truth slots"),
+        ("joint", "the language half on the detector's own slots"),
+        ("speech", "the audio tower"),
     ):
-        train.add_argument(
-            f"--{stage}-steps", dest=f"{stage}_steps", type=_count, help=f"slots recipe: {what} stage steps"
-        )
-    train.add_argument(
-        "--keep-slots",
-        dest="keep_slots",
-        action="store_const",
-        const=True,
-        help="slots recipe: go on training the slot modules of --init-from instead of fresh ones",
-    )
-    train.add_argument(
-        "--answer-steps", dest="answer_steps", type=_count, help="answers recipe: ground-truth slots stage steps"
-    )
-    train.add_argument(
-        "--answer-joint-steps", dest="answer_joint_steps", type=_count, help="answers recipe: own slots stage steps"
-    )
-    train.add_argument(
-        "--language-steps", dest="language_steps", type=_count, help="language recipe: ground-truth slots stage steps"
-    )
-    train.add_argument(
-        "--language-joint-steps", dest="language_joint_steps", type=_count, help="language recipe: own slots steps"
-    )
-    train.add_argument("--speech-steps", dest="speech_steps", type=_positive_int, help="speech recipe: steps")
-    train.add_argument("--batch-size", dest="batch_size", type=_positive_int)
-    train.add_argument("--lr", type=float)
+        train.add_argument(f"--{stage}-steps", dest=f"{stage}_steps", type=_count, help=f"{what}: steps (0 skips it)")
+    train.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="every stage's batch")
+    train.add_argument("--lr", type=float, help="every stage's peak learning rate")
     train.add_argument(
         "--recipe",
         choices=RECIPES,
-        help="slots (default): object slots and the slot reasoner over the towers of --init-from (default: the "
-        "shipped model); language: a fresh tokenizer, language core, readers and answers over the slots of "
-        "--init-from, reading texts as people word them; answers: answers from the slots of --init-from; speech: "
-        "an audio tower that transcribes spoken queries, over --init-from, on the spoken train splits in --data; "
-        "full: the towers; clip: the "
-        "plain-InfoNCE baseline; vqa: answers only, on --data or VQAv2",
+        help="shapes (default): the whole model from nothing, in stages (perception, reading, joint, speech); "
+        "language: the language half afresh over the perception of --init-from (default: the shipped model), so "
+        "its indexes stay valid; speech: a fresh audio tower over --init-from",
     )
-    train.add_argument(
-        "--vqa-questions", dest="vqa_questions", help="VQAv2 questions JSON (with --recipe answers or vqa)"
-    )
-    train.add_argument("--vqa-annotations", dest="vqa_annotations", help="VQAv2 annotations JSON")
-    train.add_argument("--vqa-images", dest="vqa_images", help="folder of the VQAv2 images")
     train.add_argument(
         "--model", choices=("default", "tiny", "dense"), help="model size; dense: a dense core, the MoE's baseline"
-    )
-    train.add_argument(
-        "--blind",
-        action="store_const",
-        const=True,
-        help="with --recipe vqa or answers: learn answers from the question alone (images blanked), a baseline",
-    )
-    train.add_argument(
-        "--fresh-core",
-        dest="fresh_core",
-        action="store_const",
-        const=True,
-        help="with --recipe answers: train a fresh language core (of --model's kind) along, a baseline for the "
-        "cores; search does not read with the result",
     )
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int)
     train.add_argument(
-        "--no-speech",
-        dest="speech",
-        action="store_const",
-        const=False,
-        help="do not train the audio tower (and generate no speech)",
-    )
-    train.add_argument(
         "--init-from",
         dest="init_from",
-        help="start from this model folder's weights instead of from scratch (slots recipe: take its towers)",
+        help="recipes language and speech: the trained model they build on (default: the shipped one)",
     )
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.add_argument(

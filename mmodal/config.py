@@ -8,46 +8,67 @@ from pathlib import Path
 from typing import Any
 
 from encoders.audio import AudioEncoderConfig
-from encoders.image import ImageEncoderConfig
 from encoders.language import TextConfig
 from encoders.slots import SlotConfig
 from fusion.answers import AnswerConfig
-from fusion.early import FusionConfig
 from fusion.reasoner import ReasonerConfig
+from mmodal.shapes.semantics import COLORS, QUESTION_TYPES, RELATIONS, SHAPES, SIZES
 
 CONFIG_FILE = "config.json"
+ATTRIBUTES = {"color": tuple(COLORS), "shape": tuple(SHAPES), "size": tuple(SIZES)}
+# What each question type looks at beyond its subject: the pair of a relation, the related object of a query.
+ANSWER_FOCUS = {"relation": "pair", "query": "related"}
+# Parts of the first design, which read images as patches; a model folder saved with them still loads, without them.
+RETIRED_FIELDS = ("image", "fusion")
+RETIRED_MODULES = ("image_tower.", "image_adapter.", "early_fusion.", "answer_prefix.")
+
+
+def _slots() -> SlotConfig:
+    return SlotConfig(attributes=dict(ATTRIBUTES))
+
+
+def _reasoner() -> ReasonerConfig:
+    return ReasonerConfig(attributes=dict(ATTRIBUTES), relations=tuple(RELATIONS))
+
+
+def _answers() -> AnswerConfig:
+    return AnswerConfig(question_types=tuple(QUESTION_TYPES), focus=dict(ANSWER_FOCUS))
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild an :class:`mmodal.model.MModalModel` before loading its weights."""
+    """Everything needed to rebuild an :class:`mmodal.model.MModalModel` before loading its weights: the language
+    core, the audio tower, the object slots, the slot reasoner and the answer reasoner, for the Shapes world's
+    attributes and relations by default."""
 
     name: str = "shapes"
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    embed_dim: int = 128  # the shared space that late fusion (FAISS) searches
     text: TextConfig = field(default_factory=TextConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    slots: SlotConfig | None = None  # object slots (detector, crop classifier) for late and early fusion
-    reasoner: ReasonerConfig | None = None  # the slot reasoner that re-ranks; set together with ``slots``
-    answers: AnswerConfig | None = None  # answers from the slots (else from the first design's patch fusion)
-
-    def __post_init__(self) -> None:
-        if (self.slots is None) != (self.reasoner is None):
-            raise ValueError("a model config sets slots and reasoner together, or neither")
-        if self.answers is not None and self.slots is None:
-            raise ValueError("answers from slots need a model with slots")
+    slots: SlotConfig = field(default_factory=_slots)
+    reasoner: ReasonerConfig = field(default_factory=_reasoner)
+    answers: AnswerConfig = field(default_factory=_answers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Builds a config from its JSON form, rejecting unknown fields with a clear message."""
+        """Builds a config from its JSON form, rejecting unknown fields with a clear message; a config saved
+        with the first design's patch parts loads without them."""
+        data = dict(data)
+        if any(key in data for key in RETIRED_FIELDS):
+            if data.get("slots") is None or data.get("answers") is None:
+                raise ValueError(
+                    "this model reads images as patches (mmodal's first design), which mmodal no longer runs; "
+                    "train a model with `mmodal train` or use the shipped one (--model shapes)"
+                )
+            data.setdefault("embed_dim", data.get("fusion", {}).get("embed_dim", cls.embed_dim))
+            for key in RETIRED_FIELDS:
+                data.pop(key, None)
         parts = {
-            "image": ImageEncoderConfig,
             "text": TextConfig,
             "audio": AudioEncoderConfig,
-            "fusion": FusionConfig,
             "slots": SlotConfig,
             "reasoner": ReasonerConfig,
             "answers": AnswerConfig,
@@ -57,11 +78,11 @@ class ModelConfig:
             raise ValueError(
                 f"unknown model config field(s) {sorted(unknown)}; expected {[f.name for f in fields(cls)]}"
             )
-        kwargs: dict[str, Any] = {"name": data.get("name", "shapes")}
+        kwargs: dict[str, Any] = {key: data[key] for key in ("name", "embed_dim") if key in data}
         for key, part in parts.items():
-            if key in ("slots", "reasoner", "answers") and data.get(key) is None:
+            if key not in data:
                 continue
-            values = dict(data.get(key, {}))
+            values = dict(data[key])
             allowed = {f.name for f in fields(part)}
             if set(values) - allowed:
                 raise ValueError(
@@ -92,13 +113,24 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def with_slots(config: ModelConfig, attributes: dict[str, tuple[str, ...]], relations: tuple[str, ...]) -> ModelConfig:
-    """``config`` with object slots and the slot reasoner for a world of these attributes and relations."""
-    slots = SlotConfig(attributes=dict(attributes))
-    reasoner = ReasonerConfig(attributes=dict(attributes), relations=tuple(relations))
-    if config.name == "tiny":
-        slots = replace(
-            slots,
+def tiny_config() -> ModelConfig:
+    """A tiny model for tests: every part at its smallest sensible size."""
+    base = ModelConfig()
+    return ModelConfig(
+        name="tiny",
+        embed_dim=32,
+        text=TextConfig(
+            vocab_size=300,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            expert_hidden_size=32,
+            max_position_embeddings=64,
+            max_text_tokens=24,
+        ),
+        audio=AudioEncoderConfig(n_mels=32, width=32, num_layers=1, num_heads=2, max_seconds=4.0),
+        slots=replace(
+            base.slots,
             source_size=32,
             patch_size=4,
             embed_dim=16,
@@ -109,29 +141,9 @@ def with_slots(config: ModelConfig, attributes: dict[str, tuple[str, ...]], rela
             crop_depths=(1, 1),
             crop_num_heads=(1, 2),
             max_slots=4,
-        )
-        reasoner = replace(reasoner, width=32, num_layers=1, num_heads=2)
-    return replace(config, slots=slots, reasoner=reasoner)
-
-
-def tiny_config() -> ModelConfig:
-    """A tiny model for tests: every part at its smallest sensible size."""
-    return ModelConfig(
-        name="tiny",
-        image=ImageEncoderConfig(
-            image_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4
         ),
-        text=TextConfig(
-            vocab_size=300,
-            hidden_size=32,
-            num_layers=1,
-            num_heads=2,
-            expert_hidden_size=32,
-            max_position_embeddings=64,  # 16 image + 24 question + answer tokens
-            max_text_tokens=24,
-        ),
-        audio=AudioEncoderConfig(n_mels=32, width=32, num_layers=1, num_heads=2, max_seconds=4.0),
-        fusion=FusionConfig(embed_dim=32, width=32, num_layers=1, num_heads=2),
+        reasoner=replace(base.reasoner, width=32, num_layers=1, num_heads=2),
+        answers=replace(base.answers, width=32, num_layers=1, num_heads=2, hidden=64, prefix_tokens=2),
     )
 
 
@@ -146,11 +158,3 @@ def dense_text(moe: TextConfig) -> TextConfig:
 def dense_config() -> ModelConfig:
     """The default model with a dense language core of the same active width."""
     return ModelConfig(name="shapes-dense", text=dense_text(TextConfig()))
-
-
-def with_answers(config: ModelConfig, question_types: tuple[str, ...], focus: dict[str, str]) -> ModelConfig:
-    """``config`` (which has slots) answering questions of these types from its slots."""
-    answers = AnswerConfig(question_types=tuple(question_types), focus=dict(focus))
-    if config.name == "tiny":
-        answers = replace(answers, width=32, num_layers=1, num_heads=2, hidden=64, prefix_tokens=2)
-    return replace(config, answers=answers)

@@ -125,17 +125,15 @@ def evaluate(
                 "queries": len(dataset.queries),
                 "search": {"embedding": _search_metrics(embedding_rankings, dataset, index_of)},
             }
-            typed = embedding_rankings
-            if model.has_slots:
-                result["search"]["recall_at"] = _recall_at(embedding_rankings, dataset, index_of)
-                result["search"]["rerank_top"] = rerank_top
-                typed = [ranker.rank(Query(text=t)) for t in _progress(texts, "re-rank")]
-                result["search"]["reranked"] = _search_metrics(typed, dataset, index_of)
-                result["search"]["reranked_by_structure"] = _structure_metrics(typed, dataset, index_of)
-                if all(r.scene is not None for r in dataset.images):
-                    parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
-                    result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
-                    result["detector"] = _detector_metrics(model, dataset, slots)
+            result["search"]["recall_at"] = _recall_at(embedding_rankings, dataset, index_of)
+            result["search"]["rerank_top"] = rerank_top
+            typed = [ranker.rank(Query(text=t)) for t in _progress(texts, "re-rank")]
+            result["search"]["reranked"] = _search_metrics(typed, dataset, index_of)
+            result["search"]["reranked_by_structure"] = _structure_metrics(typed, dataset, index_of)
+            if all(r.scene is not None for r in dataset.images):
+                parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
+                result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
+                result["detector"] = _detector_metrics(model, dataset, slots)
             if paraphrases is not None:
                 result["paraphrases"] = {
                     "search": score_search(
@@ -151,7 +149,7 @@ def evaluate(
         result["foils"] = _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size)
     if dataset.questions:
         result["vqa"] = evaluate_vqa(model, dataset, blind=blind)
-    if paraphrases is not None and model.has_slots:
+    if paraphrases is not None:
 
         def ask(pictures, questions):
             return [a.answer for a in model.ask(pictures, questions, alternatives=1)]
@@ -198,7 +196,7 @@ class _Ranker:
                         height=size[1],
                         format=None,
                         vector=e.float().numpy(),
-                        slots=present_slots(s.float().numpy()) if model.has_slots else None,
+                        slots=present_slots(s.float().numpy()),
                     )
                     for r, size, e, s in zip(dataset.images, sizes, image_emb, slots)
                 ]
@@ -353,7 +351,7 @@ def accuracy_by_coverage(confidences: np.ndarray, correct: np.ndarray, shares=(1
 
 
 def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> dict:
-    """How often the true caption beats its foil: by embedding similarity, and by the reasoner when present."""
+    """How often the true caption beats its foil: by embedding similarity, and by the reasoner."""
     correct: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"embedding": [], "reranked": []})
     for chunk in _chunks(dataset.foils, batch_size):
         rows = torch.tensor([index_of[f.image_id] for f in chunk])
@@ -363,13 +361,12 @@ def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> di
         foil_sim = (image_emb[rows] * emb[n:]).sum(-1)
         for f, e in zip(chunk, (true_sim > foil_sim).tolist()):
             correct[f.kind]["embedding"].append(e)
-        if model.has_slots:
-            parses = model.read_queries([f.caption for f in chunk] + [f.foil for f in chunk])
-            for i, f in enumerate(chunk):
-                image = slots[rows[i] : rows[i] + 1]
-                true_p = model.decide(parses[i], image).probability
-                foil_p = model.decide(parses[n + i], image).probability
-                correct[f.kind]["reranked"].append(bool(true_p > foil_p))
+        parses = model.read_queries([f.caption for f in chunk] + [f.foil for f in chunk])
+        for i, f in enumerate(chunk):
+            image = slots[rows[i] : rows[i] + 1]
+            true_p = model.decide(parses[i], image).probability
+            foil_p = model.decide(parses[n + i], image).probability
+            correct[f.kind]["reranked"].append(bool(true_p > foil_p))
     return {
         kind: {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v} | {"n": len(scores["embedding"])}
         for kind, scores in sorted(correct.items())

@@ -27,8 +27,8 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 from encoders.errors import TowerInputError
-from encoders.image import normalize_pixels
 from encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
+from encoders.normalize import normalize_pixels
 from encoders.pixels import letterboxed_batch
 from encoders.sentence import SentenceEncoder
 from fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts

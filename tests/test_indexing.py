@@ -24,7 +24,6 @@ from mmodal.cli import main
 from mmodal.config import tiny_config
 from mmodal.data.generate import generate_shapes
 from mmodal.model import MModalModel
-from mmodal.training.slot_recipe import shapes_slot_config
 from reliability.hostile_images import make_hostile_folder
 
 QUERIES = ["a red circle", "two blue squares", "a green star left of a white hexagon"]
@@ -34,7 +33,7 @@ QUERIES = ["a red circle", "two blue squares", "a green star left of a white hex
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     texts = [f"a {c} {s}" for c in ("red", "blue", "green", "white") for s in ("circle", "square", "star")] * 20
-    model = MModalModel(shapes_slot_config(tiny_config()), build_tokenizer(texts, vocab_size=300)).eval()
+    model = MModalModel(tiny_config(), build_tokenizer(texts, vocab_size=300)).eval()
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder)
     return folder

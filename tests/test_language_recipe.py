@@ -13,16 +13,16 @@ from mmodal.config import tiny_config
 from mmodal.data.dataset import read_dataset
 from mmodal.model import MModalModel
 from mmodal.training.config import TrainConfig
-from mmodal.training.language_recipe import LanguageRecipe
 from mmodal.training.loop import train
-from mmodal.training.slot_recipe import SlotTrainingData, shapes_slot_config
+from mmodal.training.reading import LANGUAGE_MODULES, ReadingStage, language_over
+from mmodal.training.slot_batches import SlotTrainingData
 
 
 @pytest.fixture(scope="module")
 def slot_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     texts = [f"a {c} {s}" for c in ("red", "blue") for s in ("circle", "square")] * 20
-    model = MModalModel(shapes_slot_config(tiny_config()), build_tokenizer(texts, vocab_size=300)).eval()
+    model = MModalModel(tiny_config(), build_tokenizer(texts, vocab_size=300)).eval()
     folder = tmp_path_factory.mktemp("slots") / "tiny"
     model.save_pretrained(folder)
     return folder
@@ -34,8 +34,8 @@ def _config(tmp_path, data, init_from, **overrides) -> TrainConfig:
         out=str(tmp_path / "run"),
         data=str(data),
         init_from=str(init_from),
-        language_steps=60,
-        language_joint_steps=2,
+        reading_steps=60,
+        joint_steps=2,
         batch_size=16,
         parse_texts=16,
         warmup_steps=2,
@@ -49,17 +49,17 @@ def _config(tmp_path, data, init_from, **overrides) -> TrainConfig:
 @pytest.mark.slow
 def test_language_recipe_learns_to_read_worded_texts(slot_model_dir, shapes_train_dir, tmp_path):
     config = _config(tmp_path, shapes_train_dir, slot_model_dir)
-    recipe = LanguageRecipe()
+    stage = ReadingStage(seen=False, modules=LANGUAGE_MODULES)
     torch.manual_seed(0)
-    fresh = recipe.build(config)
+    fresh = language_over(config)
     assert {"big", "tiny", "beneath", "colour", "hexagonal"} <= set(fresh.config.text.known_words)
     assert fresh.unknown_words("show me a big blue square to the left of a tiny star-shaped thing") == []
     data = SlotTrainingData(read_dataset(shapes_train_dir), fresh.input_size)
-    picks = np.arange(16)
 
     def parse_loss(model) -> float:
         with torch.no_grad():
-            return float(recipe.losses(model, data, picks, 0, config, np.random.default_rng(7))["parse"])
+            losses = stage.losses(model, data, 16, np.zeros(0, np.int64), 0, config, np.random.default_rng(7))
+            return float(losses["parse"])
 
     before = parse_loss(fresh.train())
     assert train(config, for_steps=20) is None  # stops at a checkpoint

@@ -14,7 +14,6 @@ from encoders.language import MoEConfig, MoELanguageModel
 from encoders.tokenizer import build_tokenizer
 from mmodal.config import ModelConfig, tiny_config
 from mmodal.model import MModalModel
-from mmodal.training.slot_recipe import shapes_slot_config
 
 CORPUS = [
     "a large red circle left of a blue square",
@@ -26,7 +25,7 @@ CORPUS = [
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    config = shapes_slot_config(tiny_config())
+    config = tiny_config()
     return MModalModel(config, build_tokenizer(CORPUS * 20, vocab_size=300)).eval()
 
 
@@ -57,7 +56,7 @@ def test_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
 def test_embeddings_are_normalised_on_request(tiny_model):
     assert torch.allclose(tiny_model.encode_text(CORPUS).norm(dim=-1), torch.ones(3), atol=1e-5)
     raw = tiny_model.encode_image(_images(), normalize=False)
-    assert raw.shape == (3, tiny_model.config.fusion.embed_dim) and not torch.allclose(raw.norm(dim=-1), torch.ones(3))
+    assert raw.shape == (3, tiny_model.config.embed_dim) and not torch.allclose(raw.norm(dim=-1), torch.ones(3))
 
 
 def test_loading_is_strict(tiny_model, tmp_path):

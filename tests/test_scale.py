@@ -41,58 +41,59 @@ def test_ray_engine_indexes_a_folder_as_the_local_pipeline_does(model, shapes_te
 PER_PROCESS = 6
 
 
-def _nce_step(rank: int | None, world: int, data_dir: str, out: str, init_file: str) -> None:
-    """One contrastive step on a global batch of ``world × PER_PROCESS``: in one process (rank None) or as one
-    of ``world`` gloo processes wrapped in DistributedDataParallel. Saves the loss and every gradient."""
+def _reading_step(rank: int | None, world: int, data_dir: str, out: str, init_file: str) -> None:
+    """One reading-stage step: in one process (rank None) on every rank's batch in turn, gradients averaged; or as
+    one of ``world`` gloo processes wrapped in DistributedDataParallel, on its own batch. Saves the losses and
+    every gradient."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from mmodal.data.dataset import read_dataset
     from mmodal.training.config import TrainConfig
-    from mmodal.training.data import ShapesTrainingData
-    from mmodal.training.distributed import Ranks, TrainingStep
-    from mmodal.training.loop import build_model, compute_losses
+    from mmodal.training.distributed import TrainingStep
+    from mmodal.training.reading import ReadingStage
+    from mmodal.training.slot_batches import SlotTrainingData, freeze_towers
+    from mmodal.training.stages import build_model
 
     torch.set_num_threads(1)
-    config = TrainConfig(out=out, data=data_dir, model="tiny", recipe="full", batch_size=PER_PROCESS, speech=False)
-    dataset = read_dataset(data_dir)
+    config = TrainConfig(out=out, data=data_dir, model="tiny", speech_steps=0, parse_texts=4)
     torch.manual_seed(0)  # the same initial weights in every process
-    model = build_model(config, dataset).eval()  # eval: no router jitter, so every process computes alike
-    data = ShapesTrainingData(dataset, model.config.image.image_size)
-    indices = np.random.default_rng(7).choice(len(data), size=world * PER_PROCESS, replace=False)
-    step = TrainingStep(model, compute_losses)
-    if rank is None:
-        batch = data.batch(indices, np.random.default_rng(8), "full")
-    else:
+    model = build_model(config, None).eval()  # eval: no router jitter, so every process computes alike
+    stage = ReadingStage(seen=False)
+    freeze_towers(model, stage.modules)
+    data = SlotTrainingData(read_dataset(data_dir), model.input_size)
+    step = TrainingStep(model, stage.losses)
+    if rank is not None:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        batch = data.batch(indices, np.random.default_rng(8), "full", Ranks(rank, world).rows(PER_PROCESS))
         step = DistributedDataParallel(step, find_unused_parameters=True)
-    losses = step(batch, None, config)
-    losses["nce"].backward()
+    totals = []
+    for r in range(world) if rank is None else [rank]:
+        losses = step(data, PER_PROCESS, np.zeros(0, np.int64), 0, config, np.random.default_rng(100 + r))
+        total = sum(losses.values())
+        (total / (world if rank is None else 1)).backward()
+        totals.append(total.detach())
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    torch.save({"nce": losses["nce"].detach(), "grads": grads, "rows": len(batch.pixels)}, f"{out}/{rank}.pt")
+    torch.save({"totals": totals, "grads": grads}, f"{out}/{rank}.pt")
     if rank is not None:
         dist.destroy_process_group()
 
 
 def _spawned(rank, world, data_dir, out, init_file):
-    _nce_step(rank, world, data_dir, out, init_file)
+    _reading_step(rank, world, data_dir, out, init_file)
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_on_the_global_batch_as_one_process_does(shapes_train_dir, tmp_path):
+def test_two_gloo_processes_train_on_their_own_batches_as_one_process_does_on_both(shapes_train_dir, tmp_path):
     import torch.multiprocessing as mp
 
-    _nce_step(None, 2, str(shapes_train_dir), str(tmp_path), "")
+    _reading_step(None, 2, str(shapes_train_dir), str(tmp_path), "")
     mp.spawn(_spawned, args=(2, str(shapes_train_dir), str(tmp_path), str(tmp_path / "init")), nprocs=2)
     single = torch.load(tmp_path / "None.pt")
-    assert single["rows"] == 2 * PER_PROCESS
     for rank in (0, 1):
         parallel = torch.load(tmp_path / f"{rank}.pt")
-        assert parallel["rows"] == PER_PROCESS  # each process encoded only its half of the pictures
-        torch.testing.assert_close(parallel["nce"], single["nce"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(parallel["totals"][0], single["totals"][rank], rtol=1e-5, atol=1e-6)
         assert parallel["grads"].keys() == single["grads"].keys()
-        for name, grad in single["grads"].items():
+        for name, grad in single["grads"].items():  # DistributedDataParallel averaged both processes' gradients
             torch.testing.assert_close(parallel["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
@@ -105,8 +106,8 @@ def test_mmodal_train_runs_under_torchrun(shapes_train_dir, tmp_path):
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     command = [torchrun, "--nproc-per-node", "2", "-m", "mmodal.cli", "train", "--out", str(tmp_path / "run")]
-    command += ["--data", str(shapes_train_dir), "--steps", "2", "--batch-size", "8", "--recipe", "full"]
-    command += ["--model", "tiny", "--no-speech", "--device", "cpu"]
+    command += ["--data", str(shapes_train_dir), "--batch-size", "8", "--model", "tiny", "--device", "cpu"]
+    command += ["--perception-steps", "1", "--reading-steps", "1", "--joint-steps", "1", "--speech-steps", "0"]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )

@@ -115,32 +115,32 @@ def test_the_logic_decides_as_the_semantics_do(statement):
 
 @pytest.fixture(scope="module")
 def tiny_slot_model(shapes_train_dir):
-    from mmodal.data.dataset import read_dataset
     from mmodal.training.config import TrainConfig
-    from mmodal.training.loop import build_model
+    from mmodal.training.stages import build_model
 
     torch.manual_seed(0)
-    config = TrainConfig(data=str(shapes_train_dir), model="tiny", speech=False)
-    return build_model(config, read_dataset(shapes_train_dir))
+    return build_model(TrainConfig(data=str(shapes_train_dir), model="tiny", speech_steps=0), None)
 
 
 @pytest.mark.slow
 def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model, shapes_train_dir):
     from mmodal.data.dataset import read_dataset
     from mmodal.training.config import TrainConfig
-    from mmodal.training.slot_recipe import freeze_towers, reasoning_losses
+    from mmodal.training.reading import search_losses
+    from mmodal.training.slot_batches import freeze_towers
 
     model = tiny_slot_model.train()
-    trained = freeze_towers(model)
+    trained = freeze_towers(model, ("reasoner.", "slot_pooler."))
     assert trained and all(p.requires_grad is False for p in model.language.parameters())
     scenes = [r.scene for r in read_dataset(shapes_train_dir).images[:24]]
-    layout, config = model.slot_encoder.layout, TrainConfig(model="tiny")
+    layout, config = model.slot_encoder.layout, TrainConfig(model="tiny", worded_share=0.0)
     optimizer = torch.optim.AdamW(trained, lr=3e-3)
     history = []
     for step in range(60):
         rng = np.random.default_rng(step % 4)  # four fixed batches of texts, seen again and again
         slots = torch.stack([ground_truth_slots(s, layout, model.config.slots.max_slots, rng) for s in scenes])
-        losses = reasoning_losses(model, scenes, slots, rng, config)
+        losses = search_losses(model, scenes, slots, rng, config)
+        losses.pop("moe_balance")
         total = sum(losses.values())
         optimizer.zero_grad()
         total.backward()
@@ -153,7 +153,7 @@ def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model,
 
 def test_spliced_texts_take_every_shared_word_from_the_donor_and_keep_their_own_changed_word():
     from mmodal.shapes.world import one_word_changed
-    from mmodal.training.slot_recipe import splice_contexts
+    from mmodal.training.slot_batches import splice_contexts
 
     text = parse_statement("a small red circle left of a blue square")
     donor = one_word_changed(text, np.random.default_rng(3), "train")
@@ -212,19 +212,6 @@ def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir,
     assert stored.shape == expected.shape
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)
     index.close()
-
-
-def test_an_index_from_a_model_without_slots_is_refused(tiny_slot_model, shapes_test_dir, tmp_path):
-    from indexes.errors import ModelMismatchError
-    from mmodal.config import tiny_config
-    from mmodal.model import MModalModel
-    from mmodal.pipeline import index_collection
-
-    first_design = MModalModel(tiny_config(), tiny_slot_model.tokenizer).eval()
-    images = sorted((shapes_test_dir / "images").iterdir())[:4]
-    index_collection(first_design, images, tmp_path / "old", workers=1, show_progress=False)
-    with pytest.raises(ModelMismatchError, match="no object slots"):
-        index_collection(tiny_slot_model, images, tmp_path / "old", workers=1, show_progress=False)
 
 
 def test_turned_hues_keep_grey_and_brightness_and_a_third_of_a_turn_cycles_the_channels():

@@ -85,7 +85,7 @@ def test_speech_recipe_trains_a_transcriber_that_search_listens_with(tmp_path, c
     data = tmp_path / "speech"
     generate_shapes(data / "part-1", n=20, seed=3, split="train", with_speech=True, n_queries=24, workers=1)
     out = tmp_path / "run"
-    args = ["train", "--recipe", "speech", "--model", "tiny", "--data", str(data), "--out", str(out)]
+    args = ["train", "--recipe", "speech", "--model", "tiny", "--speech-data", str(data), "--out", str(out)]
     assert main([*args, "--speech-steps", "3"]) == 0
     from mmodal.model import MModalModel
 

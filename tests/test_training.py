@@ -1,4 +1,5 @@
-"""Training: the loss falls on a tiny model, runs resume exactly, and evaluation reports the spec's metrics."""
+"""Training: the recipe's stages train their own modules, the loss falls on a tiny model, runs resume exactly, and
+evaluation reports the spec's metrics."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from mmodal.data.dataset import read_dataset
 from mmodal.evaluate import average_precision, evaluate, precision_at_10
 from mmodal.shapes.semantics import HELD_OUT_PAIRS
 from mmodal.training.config import TrainConfig
-from mmodal.training.data import ShapesTrainingData
-from mmodal.training.loop import build_model, compute_losses, train
+from mmodal.training.loop import train
+from mmodal.training.reading import ReadingStage
+from mmodal.training.slot_batches import SlotTrainingData, freeze_towers
+from mmodal.training.stages import RECIPE_STAGES, build_model, stages_of
 
 
 def _config(tmp_path, data, **overrides):
@@ -27,46 +30,65 @@ def _config(tmp_path, data, **overrides):
         out=str(tmp_path / "run"),
         data=str(data),
         model="tiny",
-        steps=8,
         batch_size=16,
-        audio_batch_size=4,
         warmup_steps=2,
         mine_every=4,
         mined_per_batch=4,
         checkpoint_every=4,
         log_every=2,
-        speech=False,
         perception_steps=3,
-        reasoner_steps=3,
+        reading_steps=3,
         joint_steps=2,
+        speech_steps=0,
+        parse_texts=8,
     )
     return TrainConfig(**{**settings, **overrides})
 
 
+def test_the_shapes_recipe_runs_its_stages_in_order_each_training_its_own_modules(shapes_train_dir, tmp_path):
+    config = _config(tmp_path, shapes_train_dir)
+    assert [(start, length, stage.name) for start, length, stage in stages_of(config)] == [
+        (0, 3, "perception"),
+        (3, 3, "reading"),
+        (6, 2, "joint"),
+    ]
+    assert [s.name for s in RECIPE_STAGES["shapes"]] == ["perception", "reading", "joint", "speech"]
+    torch.manual_seed(config.seed)
+    fresh = build_model(config, None).state_dict()
+    assert train(config, for_steps=3) is None  # the perception stage alone
+    trained = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    changed = {k.split(".")[0] for k in trained if not torch.equal(trained[k], fresh[k])}
+    assert changed == {"slot_encoder"}
+    assert train(config, resume=True, for_steps=3) is None  # the reading stage
+    reading = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    changed = {k.split(".")[0] for k in reading if not torch.equal(reading[k], trained[k])}
+    assert changed == {"language", "text_adapter", "reasoner", "answerer", "slot_pooler", "logit_scale"}
+
+
 @pytest.mark.slow
-def test_tiny_model_loss_falls_on_cpu(shapes_train_dir, tmp_path):
+def test_tiny_model_reading_loss_falls_on_cpu(shapes_train_dir, tmp_path):
     torch.manual_seed(0)
-    config = _config(tmp_path, shapes_train_dir, recipe="full")
-    dataset = read_dataset(shapes_train_dir)
-    model = build_model(config, dataset).train()
-    data = ShapesTrainingData(dataset, model.config.image.image_size)
-    batch = data.batch(np.arange(16), np.random.default_rng(0), "full")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    config = _config(tmp_path, shapes_train_dir)
+    model = build_model(config, None).train()
+    stage = ReadingStage(seen=False)
+    trained = freeze_towers(model, stage.modules)
+    data = SlotTrainingData(read_dataset(shapes_train_dir), model.input_size)
+    optimizer = torch.optim.AdamW(trained, lr=3e-3)
     history = []
     for _ in range(25):
-        losses = compute_losses(model, batch, None, config)
+        losses = stage.losses(model, data, 16, np.zeros(0, np.int64), 0, config, np.random.default_rng(0))
         total = sum(losses.values())
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
         history.append(total.item())
-    assert set(losses) == {"nce", "moe", "foil", "vqa"}
+    assert set(losses) == {"parse", "relation", "match", "pool", "answer", "reading", "moe"}
     assert np.mean(history[-3:]) < 0.6 * np.mean(history[:3])
 
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_model(shapes_train_dir, tmp_path):
-    """The slots recipe, stopped mid-way through its reasoning stage, ends where an uninterrupted run ends."""
+    """The shapes recipe, stopped mid-way through its reading stage, ends where an uninterrupted run ends."""
     straight = train(_config(tmp_path / "a", shapes_train_dir))
     config = _config(tmp_path / "b", shapes_train_dir)
     assert train(config, for_steps=5) is None
@@ -77,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_model(shapes_train_dir, tmp_path):
     assert a.keys() == b.keys()
     # Same trajectory; only float rounding of multi-threaded CPU kernels may differ.
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
-    assert json.loads((resumed / "train_config.json").read_text())["steps"] == 8
+    assert json.loads((resumed / "train_config.json").read_text())["reading_steps"] == 3
 
 
 # Run in a child process: trains, and SIGKILLs itself inside the second checkpoint's save, at one of two moments:
@@ -137,30 +159,6 @@ def test_killed_mid_checkpoint_the_run_resumes_from_the_last_whole_one(moment, s
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
 
 
-def test_clip_recipe_uses_captions_and_plain_infonce(shapes_train_dir, tmp_path):
-    config = _config(tmp_path, shapes_train_dir, recipe="clip")
-    dataset = read_dataset(shapes_train_dir)
-    model = build_model(config, dataset)
-    data = ShapesTrainingData(dataset, model.config.image.image_size)
-    batch = data.batch(np.arange(16), np.random.default_rng(1), "clip")
-    assert torch.equal(batch.positives, torch.eye(16, dtype=torch.bool))
-    assert set(compute_losses(model, batch, None, config)) == {"nce", "moe"}
-
-
-def test_multi_positive_batches_follow_the_semantics(shapes_train_dir):
-    dataset = read_dataset(shapes_train_dir)
-    data = ShapesTrainingData(dataset, 32)
-    batch = data.batch(np.arange(32), np.random.default_rng(2), "full")
-    from mmodal.shapes.semantics import parse_statement
-
-    for i, scene in enumerate(batch.scenes):
-        for j, text in enumerate(batch.texts):
-            assert bool(batch.positives[i, j]) == parse_statement(text).holds(scene)
-    assert batch.positives.diagonal().all()
-    for scene, foil in zip(batch.scenes, batch.foils):
-        assert foil is None or not parse_statement(foil).holds(scene)
-
-
 def test_nce_with_several_positives():
     logits = torch.tensor([[2.0, 2.0, -1.0], [0.0, 1.0, 0.0]])
     positives = torch.tensor([[True, True, False], [False, False, False]])
@@ -179,7 +177,7 @@ def test_ranking_metrics_follow_the_spec():
 
 @pytest.mark.slow
 def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_path):
-    folder = train(_config(tmp_path, shapes_train_dir, perception_steps=1, reasoner_steps=1, joint_steps=1))
+    folder = train(_config(tmp_path, shapes_train_dir, perception_steps=1, reading_steps=1, joint_steps=1))
     from mmodal.model import MModalModel
 
     report = evaluate(MModalModel.from_pretrained(folder), read_dataset(shapes_test_dir))
@@ -222,19 +220,20 @@ def test_cli_trains_and_evaluates(shapes_train_dir, shapes_test_dir, tmp_path, c
         "tiny",
         "--perception-steps",
         "1",
-        "--reasoner-steps",
+        "--reading-steps",
         "1",
         "--joint-steps",
         "1",
+        "--speech-steps",
+        "0",
         "--batch-size",
         "8",
-        "--no-speech",
         "--device",
         "cpu",
     ]
     assert main(args) == 0
     assert f"model written to {(out / 'model').resolve()}" in capsys.readouterr().out
-    assert json.loads((out / "model" / "train_config.json").read_text())["speech"] is False
+    assert json.loads((out / "model" / "train_config.json").read_text())["speech_steps"] == 0
     assert main(["eval", "--model", str(out / "model"), "--data", str(shapes_test_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 80 and "all" in report["search"]["reranked"]

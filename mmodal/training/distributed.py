@@ -2,9 +2,9 @@
 
     torchrun --nproc-per-node 2 -m mmodal.cli train --out runs/ddp ...
 
-Every process draws the same global batch (the same seed), encodes its own rows, and gathers the embeddings of
-all rows with their gradients, so the contrastive loss sees negatives from the whole global batch; PyTorch's
-DistributedDataParallel averages the gradients. Run without ``torchrun`` it is one process and changes nothing.
+Every process draws its own batches (its own random stream) and computes the stage's losses on them; PyTorch's
+DistributedDataParallel averages the gradients, so a step of N processes trains on N batches. Run without
+``torchrun`` it is one process and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as distributed_functional
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +28,6 @@ class Ranks:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def rows(self, per_process: int) -> slice:
-        """This process's rows of a global batch of ``world × per_process``."""
-        return slice(self.rank * per_process, (self.rank + 1) * per_process)
 
 
 def start(device: torch.device) -> Ranks:
@@ -55,13 +50,6 @@ def stop() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Every process's ``x`` (same shape on each) stacked in rank order, with gradients flowing back to each."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return x
-    return torch.cat(distributed_functional.all_gather(x.contiguous()))
 
 
 class TrainingStep(torch.nn.Module):

@@ -1,19 +1,21 @@
-"""Pictures in memory for training the slot encoder, with the scene graph transformed alongside each flip."""
+"""The perception stage: the slot encoder (detector and crop classifier) learning from pictures in memory, with the
+scene graph transformed alongside each flip."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
+from tqdm import tqdm
 
-from encoders.image import normalize_pixels
-from encoders.pixels import PIXEL_MEAN, PIXEL_STD
+from encoders.normalize import normalize_pixels
+from encoders.pixels import PIXEL_MEAN, PIXEL_STD, letterboxed_array
 from encoders.slots import SlotEncoder, cut_crops
 from mmodal.data.dataset import Dataset
 from mmodal.shapes.semantics import Scene
-from mmodal.training.data import load_pictures
 from mmodal.training.slots import crop_boxes, detector_loss, detector_targets
 
 BLUR_SHARE = 0.25  # pictures softened a little, as resampling and other renderers' edges do
@@ -22,6 +24,37 @@ BLUR_SIGMA = (0.3, 0.9)  # pixels of the letterboxed square
 # colour: trained on the colours each shape happens to come in, it reads a green circle, a pair it never saw,
 # as a hexagon (0.875 of held-out objects' shapes right, against 0.995 of the others').
 HUE_TURNED_SHARE = 0.75
+
+
+def load_pictures(dataset: Dataset, size: int) -> tuple[list[Scene], torch.Tensor]:
+    """A Shapes split's scene graphs and its pictures letterboxed to ``size``: (N, 3, size, size) uint8."""
+    scenes: list[Scene] = [r.scene for r in dataset.images]
+    if any(s is None for s in scenes):
+        raise ValueError(f"{dataset.root} has images without scene graphs; training needs a Shapes dataset")
+    images = np.zeros((len(scenes), 3, size, size), dtype=np.uint8)
+    for i, record in enumerate(tqdm(dataset.images, desc="loading pictures", unit="img", leave=False)):
+        with Image.open(dataset.image_path(record)) as im:
+            images[i] = letterboxed_array(im, size)
+    return scenes, torch.from_numpy(images)
+
+
+@dataclass(frozen=True)
+class PerceptionStage:
+    """Detector and crop classifier, from the scene graphs of the pictures (the slot encoder alone trains)."""
+
+    name: str = "perception"
+    modules: tuple[str, ...] = ("slot_encoder.",)
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    mines: bool = False
+    data_kind: str = "scenes"
+
+    def length(self, config) -> int:
+        return config.perception_steps
+
+    def losses(self, model, data, size: int, mined: np.ndarray, step: int, config, rng: np.random.Generator):
+        pixels, scenes = data.pictures.batch(rng.choice(len(data), size=size, replace=False), rng)
+        return perception_losses(model.slot_encoder, pixels.to(model.device), scenes, rng)
 
 
 class PerceptionData:

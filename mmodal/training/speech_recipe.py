@@ -1,4 +1,5 @@
-"""The "speech" recipe: an audio tower that hears the words, over a trained model (the shipped one by default).
+"""The speech stage: an audio tower that hears the words, the last stage from nothing or, as recipe "speech", over a
+trained model (the shipped one by default).
 
 A fresh audio tower (``SPEECH_AUDIO`` sizes) learns two things at once from spoken queries:
 
@@ -17,7 +18,7 @@ Everything else in the model stays frozen: its index vectors and answers do not 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from mmodal.data.dataset import Dataset, read_dataset
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes.speech import Voice, synthesize
 from mmodal.training.config import TrainConfig
-from mmodal.training.slot_recipe import load_towers
+from mmodal.training.slot_batches import load_towers
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,34 @@ def build_speech_model(config: TrainConfig, vocabulary: tuple[str, ...], bigram:
     ``vocabulary``, with ``bigram`` (see :func:`encoders.transcribe.count_bigram`) as its prior."""
     folder = resolve_model_path(config.init_from or DEFAULT_MODEL)
     base = ModelConfig.load(folder)
-    sizes = {} if config.model == "tiny" else SPEECH_AUDIO
-    audio = replace(base.audio, **sizes, vocabulary=tuple(vocabulary))
+    audio = speech_audio(base.audio, vocabulary, tiny=config.model == "tiny")
     model = MModalModel(replace(base, audio=audio), PreTrainedTokenizerFast.from_pretrained(folder))
     load_towers(model, load_file(str(folder / WEIGHTS_FILE)), SPEECH_MODULES, str(folder))
     model.audio_tower.word_bigram.copy_(bigram)
     return model
+
+
+@dataclass(frozen=True)
+class SpeechStage:
+    """The audio tower's words (CTC) and its embedding onto the frozen text embedding of each transcript."""
+
+    name: str = "speech"
+    modules: tuple[str, ...] = SPEECH_MODULES
+    batch_size: int = 32
+    lr: float = 1e-3
+    mines: bool = False
+    data_kind: str = "speech"
+
+    def length(self, config: TrainConfig) -> int:
+        return config.speech_steps
+
+    def losses(self, model, data, size: int, mined, step: int, config: TrainConfig, rng: np.random.Generator):
+        return speech_losses(model, data, size, rng, config)
+
+
+def speech_audio(base, vocabulary: tuple[str, ...], tiny: bool = False):
+    """``base`` (an audio config) at the size that transcribes, hearing ``vocabulary``."""
+    return replace(base, **({} if tiny else SPEECH_AUDIO), vocabulary=tuple(vocabulary))
 
 
 class SpeechTrainingData:

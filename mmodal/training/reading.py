@@ -1,24 +1,23 @@
-"""The "language" recipe: the language half of the slot model, trained from nothing over the slots of a model that
-has them (the shipped one by default), reading texts as people word them.
+"""The reading stages: the language half of the slot model (tokenizer, language core, text adapter, query reader,
+answer reasoner) learning to read texts as people word them, over object slots.
 
-A fresh tokenizer is built from the wording grammar (every word people use for the spec's meanings becomes a
-token of its own), and a fresh language core, text adapter, query reader and answer reasoner learn together,
-in two stages on one step counter:
+Two stages, one object each:
 
-1. noisy ground-truth slots (no pixels, cheap): search texts (true queries of every structure, foils, and texts
-   drawn from the whole grammar) and questions, each worded as people type it with the targets of its meaning;
-   the query reader's parse targets and the soft logic's match loss, the text embedding's contrastive loss
-   against the image embedding that the frozen slot pooler gives, the question reader's targets and the
-   answer, written by the new core after the slot evidence;
-2. the same on the slots that the model's detector predicts, so that reading learns its mistakes.
+1. ``reading``, on noisy ground-truth slots (no pixels, cheap): search texts (true queries of every structure,
+   foils, and texts drawn from the whole grammar) and questions, each worded as people type it with the targets
+   of its meaning; the query reader's parse targets and the soft logic's match loss, the text embedding's
+   contrastive loss against the slot-pooled image embedding (with hard negatives mined from the model's own
+   neighbours), the question reader's targets and the answer, written by the core after the slot evidence;
+2. ``joint``, the same on the slots that the model's detector predicts, so that reading learns its mistakes.
 
-Perception (detector, crop classifier), the slot pooler and the relation scorer stay as they are: the image
-vectors of an index stay what they were, and the new text embedding learns to land beside them.
+From nothing (``READING_MODULES``) the slot pooler and the whole reasoner (relation scorer and presence
+calibration too) learn along. Over a trained model's perception (``LANGUAGE_MODULES``, recipe "language") they
+stay as they are, so the image vectors of its indexes stay valid.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,20 +27,28 @@ from safetensors.torch import load_file
 from encoders.tokenizer import build_tokenizer, known_words
 from fusion.reasoner import PART_KINDS, parse_loss
 from kernels.contrastive import multi_positive_nce
-from mmodal.config import ModelConfig, with_answers
+from mmodal.config import ModelConfig
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes import wording, world
-from mmodal.shapes.semantics import COLORS, COUNT_WORDS, QUESTION_TYPES, SHAPES, Question
-from mmodal.training.answer_recipe import ANSWER_FOCUS, draw_questions, reading_targets
+from mmodal.shapes.semantics import COLORS, COUNT_WORDS, SHAPES, Question
 from mmodal.training.config import TrainConfig
-from mmodal.training.data import draw_foil, draw_statement
-from mmodal.training.slot_recipe import TEXT_KINDS, SlotTrainingData, batch_slots, load_towers, splice_contexts
-from mmodal.training.slots import IGNORE, parse_targets
+from mmodal.training.questions import draw_questions, reading_targets
+from mmodal.training.slot_batches import (
+    TEXT_KINDS,
+    SlotTrainingData,
+    batch_slots,
+    draw_foil,
+    draw_statement,
+    load_towers,
+    splice_contexts,
+)
+from mmodal.training.slots import IGNORE, parse_targets, relation_targets
 
 LANGUAGE_MODULES = ("language.", "text_adapter.", "reasoner.reader.", "answerer.", "logit_scale")
+READING_MODULES = ("language.", "text_adapter.", "reasoner.", "answerer.", "slot_pooler.", "logit_scale")
 CORPUS_DRAWS = 20000  # statements and questions (each in the grammar's wording and in people's) for the tokenizer
-# Whole-scene captions (lists of up to four objects) twice as often as the slots recipe reads them: a reader that
-# sees few long lists miscounts their parts.
+# Whole-scene captions (lists of up to four objects) twice as often as other texts: a reader that sees few long
+# lists miscounts their parts.
 CAPTIONED_KINDS = (*TEXT_KINDS, "caption")
 VOCAB_SIZE = 1024  # room for every word of the wording grammar and the answers to be one token
 
@@ -58,50 +65,59 @@ def wording_corpus(rng: np.random.Generator, draws: int = CORPUS_DRAWS) -> list[
     return texts + [words] * 500
 
 
-class LanguageRecipe:
-    """Builds the model, names what it trains, and gives each step's losses."""
+def reading_tokenizer(seed: int, vocab_size: int = VOCAB_SIZE, draws: int = CORPUS_DRAWS):
+    """A fresh tokenizer from the wording grammar, and the words it knows."""
+    corpus = wording_corpus(np.random.default_rng(seed), draws)
+    return build_tokenizer(corpus, vocab_size=vocab_size), known_words(corpus)
 
-    name = "language"
-    modules = LANGUAGE_MODULES
 
-    def build(self, config: TrainConfig) -> MModalModel:
-        """The slot model of ``init_from`` (the shipped one by default) with a fresh tokenizer, language core, text
-        adapter, query reader and answer reasoner."""
-        folder = resolve_model_path(config.init_from or DEFAULT_MODEL)
-        base = ModelConfig.load(folder)
-        if base.slots is None:
-            raise ValueError(f"{folder} has no object slots; the language recipe reads over a model that has them")
-        corpus = wording_corpus(np.random.default_rng(config.seed))
-        tokenizer = build_tokenizer(corpus, vocab_size=VOCAB_SIZE)
-        text = replace(base.text, vocab_size=VOCAB_SIZE, known_words=known_words(corpus))
-        model_config = replace(base, text=text)
-        if model_config.answers is None:
-            model_config = with_answers(model_config, QUESTION_TYPES, ANSWER_FOCUS)
-        model = MModalModel(model_config, tokenizer)
-        load_towers(model, load_file(str(folder / WEIGHTS_FILE)), self.modules, str(folder))
-        return model
+def language_over(config: TrainConfig) -> MModalModel:
+    """The model of ``init_from`` (the shipped one by default) with a fresh tokenizer, language core, text adapter,
+    query reader and answer reasoner over its perception, slot pooler and relation scorer (recipe "language")."""
+    folder = resolve_model_path(config.init_from or DEFAULT_MODEL)
+    base = ModelConfig.load(folder)
+    tokenizer, known = reading_tokenizer(config.seed)
+    model = MModalModel(replace(base, text=replace(base.text, vocab_size=VOCAB_SIZE, known_words=known)), tokenizer)
+    load_towers(model, load_file(str(folder / WEIGHTS_FILE)), LANGUAGE_MODULES, str(folder))
+    return model
 
-    def stage_bounds(self, step: int, config: TrainConfig) -> tuple[int, int]:
-        """(first step, length) of the stage ``step`` is in: ground-truth slots, then the detector's own."""
-        if step < config.language_steps:
-            return 0, config.language_steps
-        return config.language_steps, config.language_joint_steps
+
+@dataclass(frozen=True)
+class ReadingStage:
+    """One reading stage: on noisy ground-truth slots, or with ``seen`` on the detector's own."""
+
+    seen: bool
+    modules: tuple[str, ...] = READING_MODULES
+    batch_size: int = 64
+    lr: float = 1e-3
+    mines: bool = True  # batches take pairs of images the model's own embedding confuses
+    data_kind: str = "scenes"
+
+    @property
+    def name(self) -> str:
+        return "joint" if self.seen else "reading"
+
+    def length(self, config: TrainConfig) -> int:
+        return config.joint_steps if self.seen else config.reading_steps
 
     def losses(
         self,
         model: MModalModel,
         data: SlotTrainingData,
-        indices: np.ndarray,
+        size: int,
+        mined: np.ndarray,
         step: int,
         config: TrainConfig,
         rng: np.random.Generator,
     ) -> dict[str, torch.Tensor]:
-        """One step's losses on the training scenes ``indices``."""
-        seen = step >= config.language_steps
-        scenes, slots = batch_slots(model, data, indices, rng, config.slot_noise, seen)
+        """One step's losses on ``size`` training scenes, the ``mined`` ones among them."""
+        fresh = rng.choice(len(data), size=max(0, size - len(mined)), replace=False)
+        indices = np.concatenate([fresh, mined]).astype(np.int64)
+        scenes, slots = batch_slots(model, data, indices, rng, config.slot_noise, self.seen)
         search = search_losses(model, scenes, slots, rng, config)
         answers = answer_losses(model, scenes, slots, rng, config, step)
-        return {**search, **answers, "moe": search.pop("moe_balance") + answers.pop("moe_balance")}
+        balance = search.pop("moe_balance") + answers.pop("moe_balance")
+        return {**search, **answers, "moe": balance}
 
 
 def _worded(items: list, say, share: float, rng: np.random.Generator) -> tuple[list[str], list]:
@@ -173,8 +189,15 @@ def search_losses(
     targets = parse_targets(meanings, reasoner.config)
     losses = {"parse": config.parse_loss_weight * parse_loss(logits, {k: v.to(device) for k, v in targets.items()})}
     holds = torch.tensor([[m.holds(sc) for sc in scenes] for m in meanings[:n]], dtype=torch.float32, device=device)
-    with torch.no_grad():
-        related = torch.sigmoid(reasoner.relation_scorer(slots[..., reasoner.layout.position]).float())
+    scorer = reasoner.relation_scorer
+    if next(scorer.parameters()).requires_grad:
+        positions, labels = relation_targets(scenes, reasoner.config.relations)
+        if len(positions):
+            pair_logits = scorer(positions.to(device))[:, 0, 1]  # (M, R): object 0 to object 1
+            losses["relation"] = F.binary_cross_entropy_with_logits(pair_logits.float(), labels.to(device))
+    with torch.set_grad_enabled(next(scorer.parameters()).requires_grad):
+        related = torch.sigmoid(scorer(slots[..., reasoner.layout.position]).float())
+    with torch.set_grad_enabled(next(model.slot_pooler.parameters()).requires_grad):
         image_emb = model.slot_pooler(slots)
     match = 0.0
     for t in range(n):
@@ -211,7 +234,7 @@ def answer_losses(
     answerer = model.answerer
     logits = answerer.read(tokens, q_mask)
     evidence = answerer.evidence({k: v[:n] for k, v in logits.items()}, slots, model.reasoner)
-    answer, answer_balance = model.answer_loss_from_slots(answerer.prefix(evidence), evidence.features, a_ids, a_mask)
+    answer, answer_balance = model.answer_loss(answerer.prefix(evidence), evidence.features, a_ids, a_mask)
     targets = reading_targets(meanings, model)
     reading = [
         F.cross_entropy(logits[k].float(), t.to(device), ignore_index=IGNORE)
@@ -219,7 +242,7 @@ def answer_losses(
         if (t != IGNORE).any()
     ]
     return {
-        "answer": config.vqa_loss_weight * answer,
+        "answer": config.answer_loss_weight * answer,
         "reading": config.parse_loss_weight * torch.stack(reading).mean(),
         "moe_balance": balance + answer_balance,
     }
