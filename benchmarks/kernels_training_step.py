@@ -34,6 +34,7 @@ def main() -> None:
     from mmodal.training.reading import ReadingStage
     from mmodal.training.slot_batches import SlotTrainingData, freeze_towers
     from mmodal.training.stages import build_model
+    from mmodal.training.temperature import Temperature
 
     report = {"device": torch.cuda.get_device_name(), "batch_size": args.batch_size, "settings": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,7 +47,8 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model(config, None).cuda().train()
             data = SlotTrainingData(dataset, model.input_size)
-            optimizer = torch.optim.AdamW(freeze_towers(model, stage.modules), lr=1e-4)
+            temperature = Temperature().cuda()
+            optimizer = torch.optim.AdamW([*freeze_towers(model, stage.modules), temperature.log_scale], lr=1e-4)
             rng = np.random.default_rng(0)
             torch.cuda.reset_peak_memory_stats()
             times = []
@@ -55,7 +57,9 @@ def main() -> None:
                 start = time.perf_counter()
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     mined = np.zeros(0, np.int64)
-                    total = sum(stage.losses(model, data, args.batch_size, mined, step, config, rng).values())
+                    total = sum(
+                        stage.losses(model, data, args.batch_size, mined, step, config, rng, temperature).values()
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

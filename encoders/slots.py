@@ -97,6 +97,8 @@ class SlotDetector(nn.Module):
         self.config = config
         c = config
         self.backbone = _swin(c.source_size, c.patch_size, c.embed_dim, c.depths, c.num_heads, c.window_size)
+        # The heads read every stage before the final norm, which timm then drops: no weight goes unused.
+        self.backbone.prune_intermediate_layers(len(c.depths), prune_norm=True)
         widths = [c.embed_dim * 2**i for i in range(len(c.depths))]
         self.lateral = nn.ModuleList(nn.Conv2d(w, widths[0], 1) for w in widths)
         self.neck = nn.Sequential(nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.GELU())

@@ -20,7 +20,16 @@ ATTRIBUTES = {"color": tuple(COLORS), "shape": tuple(SHAPES), "size": tuple(SIZE
 ANSWER_FOCUS = {"relation": "pair", "query": "related"}
 # Parts of the first design, which read images as patches; a model folder saved with them still loads, without them.
 RETIRED_FIELDS = ("image", "fusion")
-RETIRED_MODULES = ("image_tower.", "image_adapter.", "early_fusion.", "answer_prefix.")
+# Weights a model folder may hold that the model no longer has: the first design's parts, the contrastive
+# temperature (which training keeps to itself) and the detector backbone's final norm (which the heads never read).
+RETIRED_MODULES = (
+    "image_tower.",
+    "image_adapter.",
+    "early_fusion.",
+    "answer_prefix.",
+    "logit_scale",
+    "slot_encoder.detector.backbone.norm.",
+)
 
 
 def _slots() -> SlotConfig:

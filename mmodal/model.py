@@ -109,7 +109,6 @@ class MModalModel(nn.Module, RetrievalModel):
         d = config.embed_dim
         self.text_adapter = Adapter(t.hidden_size, d)
         self.audio_adapter = Adapter(config.audio.width, d)
-        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         self.slot_encoder = SlotEncoder(config.slots)
         self.slot_pooler = SlotPooler(self.slot_encoder.layout.width, d)
         self.reasoner = SlotReasoner(config.reasoner, t.hidden_size)
@@ -137,7 +136,7 @@ class MModalModel(nn.Module, RetrievalModel):
 
     @property
     def device(self) -> torch.device:
-        return self.logit_scale.device
+        return self.text_adapter.project.weight.device
 
     # ------------------------------------------------------------------------------------------- inputs
 

@@ -16,6 +16,7 @@ from mmodal.training.config import TrainConfig
 from mmodal.training.loop import train
 from mmodal.training.reading import LANGUAGE_MODULES, ReadingStage, language_over
 from mmodal.training.slot_batches import SlotTrainingData
+from mmodal.training.temperature import Temperature
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def test_language_recipe_learns_to_read_worded_texts(slot_model_dir, shapes_trai
 
     def parse_loss(model) -> float:
         with torch.no_grad():
-            losses = stage.losses(model, data, 16, np.zeros(0, np.int64), 0, config, np.random.default_rng(7))
+            rng = np.random.default_rng(7)
+            losses = stage.losses(model, data, 16, np.zeros(0, np.int64), 0, config, rng, Temperature())
             return float(losses["parse"])
 
     before = parse_loss(fresh.train())

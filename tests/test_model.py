@@ -7,13 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from PIL import Image
+from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
 
 from encoders.errors import TowerInputError
 from encoders.language import MoEConfig, MoELanguageModel
 from encoders.tokenizer import build_tokenizer
 from mmodal.config import ModelConfig, tiny_config
-from mmodal.model import MModalModel
+from mmodal.model import MModalModel, resolve_model_path
 
 CORPUS = [
     "a large red circle left of a blue square",
@@ -179,3 +182,37 @@ def test_moe_config_checks_its_routing():
         MoEConfig(n_routed_experts=4, experts_per_token=5)
     with pytest.raises(ValueError, match="sequence of 40 tokens exceeds"):
         _core()(torch.randint(3, 40, (1, 40)))
+
+
+class _TensorsSeen(TorchFunctionMode):
+    """Records every tensor that any torch function is handed while it is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        for value in pytree.tree_leaves((args, kwargs or {})):
+            if isinstance(value, torch.Tensor):
+                self.seen.add(id(value))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_shipped_model_has_no_parameter_that_inference_never_uses(model, dataset):
+    """Search (image slots, the pooled vector, the text's vector and reading, the re-rank), answers and voice
+    queries, run once: every weight of the checkpoint takes part."""
+    pictures = [Image.open(dataset.image_path(record)).convert("RGB") for record in dataset.images[:3]]
+    clip = (np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32), 16000)
+    with _TensorsSeen() as mode:
+        _, slots = model.encode_image_slots(pictures)
+        _, parses = model.encode_and_read(["a red circle left of a blue square", "two stars and a hexagon"])
+        model.decide(parses[0], slots)
+        model.ask(pictures[:2], ["what color is the circle?", "what is left of the blue square?"])
+        model.encode_audio([clip])
+        if model.transcribes:
+            model.transcribe([clip])
+    unused = [name for name, p in model.named_parameters() if id(p) not in mode.seen]
+    assert unused == []
+    assert model.state_dict().keys() == load_file(str(resolve_model_path("shapes") / "model.safetensors")).keys() | {
+        "language.lm_head.weight"  # tied to the token embedding, stored once
+    }

@@ -54,6 +54,7 @@ def _reading_step(rank: int | None, world: int, data_dir: str, out: str, init_fi
     from mmodal.training.reading import ReadingStage
     from mmodal.training.slot_batches import SlotTrainingData, freeze_towers
     from mmodal.training.stages import build_model
+    from mmodal.training.temperature import Temperature
 
     torch.set_num_threads(1)
     config = TrainConfig(out=out, data=data_dir, model="tiny", speech_steps=0, parse_texts=4)
@@ -62,7 +63,7 @@ def _reading_step(rank: int | None, world: int, data_dir: str, out: str, init_fi
     stage = ReadingStage(seen=False)
     freeze_towers(model, stage.modules)
     data = SlotTrainingData(read_dataset(data_dir), model.input_size)
-    step = TrainingStep(model, stage.losses)
+    step = TrainingStep(model, stage.losses, Temperature())
     if rank is not None:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
         step = DistributedDataParallel(step, find_unused_parameters=True)

@@ -128,18 +128,20 @@ def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model,
     from mmodal.training.config import TrainConfig
     from mmodal.training.reading import search_losses
     from mmodal.training.slot_batches import freeze_towers
+    from mmodal.training.temperature import Temperature
 
     model = tiny_slot_model.train()
     trained = freeze_towers(model, ("reasoner.", "slot_pooler."))
     assert trained and all(p.requires_grad is False for p in model.language.parameters())
     scenes = [r.scene for r in read_dataset(shapes_train_dir).images[:24]]
     layout, config = model.slot_encoder.layout, TrainConfig(model="tiny", worded_share=0.0)
+    temperature = Temperature()
     optimizer = torch.optim.AdamW(trained, lr=3e-3)
     history = []
     for step in range(60):
         rng = np.random.default_rng(step % 4)  # four fixed batches of texts, seen again and again
         slots = torch.stack([ground_truth_slots(s, layout, model.config.slots.max_slots, rng) for s in scenes])
-        losses = search_losses(model, scenes, slots, rng, config)
+        losses = search_losses(model, scenes, slots, rng, config, temperature)
         losses.pop("moe_balance")
         total = sum(losses.values())
         optimizer.zero_grad()

@@ -23,6 +23,7 @@ from mmodal.training.loop import train
 from mmodal.training.reading import ReadingStage
 from mmodal.training.slot_batches import SlotTrainingData, freeze_towers
 from mmodal.training.stages import RECIPE_STAGES, build_model, stages_of
+from mmodal.training.temperature import Temperature
 
 
 def _config(tmp_path, data, **overrides):
@@ -62,7 +63,9 @@ def test_the_shapes_recipe_runs_its_stages_in_order_each_training_its_own_module
     assert train(config, resume=True, for_steps=3) is None  # the reading stage
     reading = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
     changed = {k.split(".")[0] for k in reading if not torch.equal(reading[k], trained[k])}
-    assert changed == {"language", "text_adapter", "reasoner", "answerer", "slot_pooler", "logit_scale"}
+    assert changed == {"language", "text_adapter", "reasoner", "answerer", "slot_pooler"}
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["temperature"] != pytest.approx(np.log(1 / 0.07))  # the contrastive temperature trained along
 
 
 @pytest.mark.slow
@@ -73,10 +76,11 @@ def test_tiny_model_reading_loss_falls_on_cpu(shapes_train_dir, tmp_path):
     stage = ReadingStage(seen=False)
     trained = freeze_towers(model, stage.modules)
     data = SlotTrainingData(read_dataset(shapes_train_dir), model.input_size)
-    optimizer = torch.optim.AdamW(trained, lr=3e-3)
+    temperature = Temperature()
+    optimizer = torch.optim.AdamW([*trained, temperature.log_scale], lr=3e-3)
     history = []
     for _ in range(25):
-        losses = stage.losses(model, data, 16, np.zeros(0, np.int64), 0, config, np.random.default_rng(0))
+        losses = stage.losses(model, data, 16, np.zeros(0, np.int64), 0, config, np.random.default_rng(0), temperature)
         total = sum(losses.values())
         optimizer.zero_grad()
         total.backward()

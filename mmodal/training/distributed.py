@@ -55,10 +55,11 @@ def barrier() -> None:
 class TrainingStep(torch.nn.Module):
     """The model with one step's loss function as its forward, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, model: torch.nn.Module, losses):
+    def __init__(self, model: torch.nn.Module, losses, temperature: torch.nn.Module):
         super().__init__()
         self.model = model
         self.losses = losses
+        self.temperature = temperature
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        return self.losses(self.model, *args, **kwargs)
+        return self.losses(self.model, *args, **kwargs, temperature=self.temperature)

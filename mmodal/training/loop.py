@@ -31,6 +31,7 @@ from mmodal.training.stages import (
     stage_data,
     stages_of,
 )
+from mmodal.training.temperature import Temperature
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     else:
         model = build_model(config, speech).to(device)
     model.train()
-    params = list(model.named_parameters())
+    temperature = Temperature().to(device)
+    params = [*model.named_parameters(), ("temperature", temperature.log_scale)]
     decay = [p for name, p in params if p.ndim >= 2 and "embed" not in name]
     no_decay = [p for name, p in params if not (p.ndim >= 2 and "embed" not in name)]
     # Learning rates come whole from the schedule (each stage has its own peak), so the base rate is 1.
@@ -121,6 +123,8 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
         if ranks.rank:  # the saved generator is the first process's; each other one keeps its own stream
             rng = np.random.default_rng([config.seed + ranks.rank, step])
         bank.pairs = np.asarray(state.get("mined_pairs", []), dtype=np.int64).reshape(-1, 2)
+        with torch.no_grad():
+            temperature.log_scale.fill_(state.get("temperature", temperature.log_scale.item()))
         log.info("resumed from %s at step %d", checkpoint, step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, stages), last_epoch=step - 1)
     config.save(run / TRAIN_CONFIG_FILE)
@@ -135,9 +139,11 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
             if now is not stage:
                 stage = now
                 trained = freeze_towers(model, stage.modules)
+                temperature.log_scale.requires_grad_("temperature" in stage.modules)
+                trained += [temperature.log_scale] if "temperature" in stage.modules else []
                 if stage.data_kind not in data:
                     data[stage.data_kind] = stage_data(stage.data_kind, config, model, scenes, speech)
-                stage_step = distributed.TrainingStep(model, stage.losses)
+                stage_step = distributed.TrainingStep(model, stage.losses, temperature)
                 if ranks.world > 1:
                     stage_step = DistributedDataParallel(
                         stage_step,
@@ -179,7 +185,12 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                     samples_s=f"{rate:.0f}",
                 )
             if (step % config.checkpoint_every == 0 or step == stop_at) and ranks.is_main:
-                state = {"step": step, "rng": rng.bit_generator.state, "mined_pairs": bank.pairs.tolist()}
+                state = {
+                    "step": step,
+                    "rng": rng.bit_generator.state,
+                    "mined_pairs": bank.pairs.tolist(),
+                    "temperature": temperature.log_scale.item(),
+                }
                 save_checkpoint(run, model, optimizer, state)
                 if _routing_health(model):
                     log.info(

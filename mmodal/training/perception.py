@@ -52,7 +52,9 @@ class PerceptionStage:
     def length(self, config) -> int:
         return config.perception_steps
 
-    def losses(self, model, data, size: int, mined: np.ndarray, step: int, config, rng: np.random.Generator):
+    def losses(
+        self, model, data, size: int, mined: np.ndarray, step: int, config, rng: np.random.Generator, temperature
+    ):
         pixels, scenes = data.pictures.batch(rng.choice(len(data), size=size, replace=False), rng)
         return perception_losses(model.slot_encoder, pixels.to(model.device), scenes, rng)
 

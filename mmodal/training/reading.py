@@ -43,9 +43,10 @@ from mmodal.training.slot_batches import (
     splice_contexts,
 )
 from mmodal.training.slots import IGNORE, parse_targets, relation_targets
+from mmodal.training.temperature import Temperature
 
-LANGUAGE_MODULES = ("language.", "text_adapter.", "reasoner.reader.", "answerer.", "logit_scale")
-READING_MODULES = ("language.", "text_adapter.", "reasoner.", "answerer.", "slot_pooler.", "logit_scale")
+LANGUAGE_MODULES = ("language.", "text_adapter.", "reasoner.reader.", "answerer.", "temperature")
+READING_MODULES = ("language.", "text_adapter.", "reasoner.", "answerer.", "slot_pooler.", "temperature")
 CORPUS_DRAWS = 20000  # statements and questions (each in the grammar's wording and in people's) for the tokenizer
 # Whole-scene captions (lists of up to four objects) twice as often as other texts: a reader that sees few long
 # lists miscounts their parts.
@@ -109,12 +110,13 @@ class ReadingStage:
         step: int,
         config: TrainConfig,
         rng: np.random.Generator,
+        temperature: Temperature,
     ) -> dict[str, torch.Tensor]:
         """One step's losses on ``size`` training scenes, the ``mined`` ones among them."""
         fresh = rng.choice(len(data), size=max(0, size - len(mined)), replace=False)
         indices = np.concatenate([fresh, mined]).astype(np.int64)
         scenes, slots = batch_slots(model, data, indices, rng, config.slot_noise, self.seen)
-        search = search_losses(model, scenes, slots, rng, config)
+        search = search_losses(model, scenes, slots, rng, config, temperature)
         answers = answer_losses(model, scenes, slots, rng, config, step)
         balance = search.pop("moe_balance") + answers.pop("moe_balance")
         return {**search, **answers, "moe": balance}
@@ -170,7 +172,12 @@ def _read_with_donors(model: MModalModel, texts: list[str], spliced: list[int], 
 
 
 def search_losses(
-    model: MModalModel, scenes, slots: torch.Tensor, rng: np.random.Generator, config: TrainConfig
+    model: MModalModel,
+    scenes,
+    slots: torch.Tensor,
+    rng: np.random.Generator,
+    config: TrainConfig,
+    temperature: Temperature,
 ) -> dict[str, torch.Tensor]:
     """Parse, match and contrastive losses for search texts about the batch's scenes and from the grammar."""
     device = model.device
@@ -205,7 +212,7 @@ def search_losses(
         probability = reasoner.decide(reasoner.parse_from_logits(logits, t, kinds), slots, related).probability
         match = match + F.binary_cross_entropy(probability.clamp(1e-5, 1 - 1e-5), holds[t])
     losses["match"] = match / n
-    similarity = model.logit_scale.exp().clamp(max=100.0) * image_emb @ text_emb.t()  # (B, T): foils included
+    similarity = temperature.scale() * image_emb @ text_emb.t()  # (B, T): foils included
     positives = holds.t().bool()
     b = len(scenes)
     losses["pool"] = 0.5 * (

@@ -93,8 +93,10 @@ class SpeechStage:
     def length(self, config: TrainConfig) -> int:
         return config.speech_steps
 
-    def losses(self, model, data, size: int, mined, step: int, config: TrainConfig, rng: np.random.Generator):
-        return speech_losses(model, data, size, rng, config)
+    def losses(
+        self, model, data, size: int, mined, step: int, config: TrainConfig, rng: np.random.Generator, temperature
+    ):
+        return speech_losses(model, data, size, rng, config, temperature)
 
 
 def speech_audio(base, vocabulary: tuple[str, ...], tiny: bool = False):
@@ -196,7 +198,9 @@ def spec_augment(log_mel: torch.Tensor, rng: np.random.Generator) -> torch.Tenso
     return out
 
 
-def speech_losses(model: MModalModel, data: SpeechTrainingData, n: int, rng: np.random.Generator, config: TrainConfig):
+def speech_losses(
+    model: MModalModel, data: SpeechTrainingData, n: int, rng: np.random.Generator, config: TrainConfig, temperature
+):
     """One step: CTC of the words (nothing, for wordless clips), and the audio embedding onto its text's."""
     waves, lengths, targets, picks = data.batch(n, rng)
     device = model.device
@@ -217,7 +221,7 @@ def speech_losses(model: MModalModel, data: SpeechTrainingData, n: int, rng: np.
     text_emb = data.text_embeddings[picks[spoken]].to(device)
     texts = [data.texts[p] for p in picks[spoken].tolist()]
     same_text = torch.tensor([[a == b for b in texts] for a in texts], device=device)
-    scale = model.logit_scale.detach().exp()
+    scale = temperature.scale().detach()  # the text side's, as the reading stages left it
     align = contrastive_loss(audio_emb, text_emb, scale, same_text).loss + (1 - (audio_emb * text_emb).sum(-1)).mean()
     return {"ctc": ctc, "audio": config.audio_loss_weight * align}
 

@@ -36,13 +36,14 @@ from mmodal.training.speech_recipe import (
     speech_audio,
     speech_datasets,
 )
+from mmodal.training.temperature import Temperature
 
 log = logging.getLogger(__name__)
 
 
 class Stage(Protocol):
     name: str
-    modules: tuple[str, ...]  # parameter name prefixes it trains
+    modules: tuple[str, ...]  # parameter name prefixes it trains ("temperature": the contrastive temperature)
     batch_size: int
     lr: float
     mines: bool  # whether its batches take mined hard negatives
@@ -59,6 +60,7 @@ class Stage(Protocol):
         step: int,
         config: TrainConfig,
         rng: np.random.Generator,
+        temperature: Temperature,
     ) -> dict[str, torch.Tensor]: ...
 
 
