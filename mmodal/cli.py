@@ -78,7 +78,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = {}
     for name in args.model:
         model = MModalModel.from_pretrained(name)
-        report[name] = evaluate(model, dataset, blind=args.blind, paraphrases=args.paraphrases)
+        report[name] = evaluate(model, dataset, paraphrases=args.paraphrases)
     if args.json:
         print(json.dumps(report if len(report) > 1 else report[args.model[0]], indent=2))
     else:
@@ -312,9 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images in a generated test split")
     evaluate.add_argument("--seed", type=int, default=4242, help="seed of a generated test split (not a training seed)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
-    evaluate.add_argument(
-        "--blind", action="store_true", help="answer questions with every image blanked (for a question-only model)"
-    )
     evaluate.add_argument(
         "--paraphrases",
         type=Path,

@@ -101,11 +101,9 @@ def evaluate(
     dataset: Dataset,
     batch_size: int = 128,
     rerank_top: int = RERANK_TOP,
-    blind: bool = False,
     paraphrases: Path | None = None,
 ) -> dict:
     """All of the spec's metrics for ``model`` on ``dataset`` (which needs queries; foils and audio when present).
-    ``blind`` answers the questions with every image blanked, as a question-only model was trained;
     ``paraphrases`` is a paraphrase set's folder (see :mod:`mmodal.paraphrase_eval`) to score as well."""
     if paraphrases is not None:
         search_pairs, question_pairs = read_paraphrases(paraphrases)
@@ -148,7 +146,7 @@ def evaluate(
     if dataset.foils:
         result["foils"] = _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size)
     if dataset.questions:
-        result["vqa"] = evaluate_vqa(model, dataset, blind=blind)
+        result["vqa"] = evaluate_vqa(model, dataset)
     if paraphrases is not None:
 
         def ask(pictures, questions):
@@ -298,11 +296,8 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bin
     return float(gap)
 
 
-def evaluate_vqa(
-    model: MModalModel, dataset: Dataset, batch_size: int = 64, max_questions: int = 2000, blind: bool = False
-) -> dict:
-    """Exact-match accuracy per question type, on seen and held-out colour–shape pairs, and calibration.
-    ``blind`` blanks every image (all-zero normalised pixels, as the question-only baseline is trained)."""
+def evaluate_vqa(model: MModalModel, dataset: Dataset, batch_size: int = 64, max_questions: int = 2000) -> dict:
+    """Exact-match accuracy per question type, on seen and held-out colour–shape pairs, and calibration."""
     from mmodal.shapes.semantics import SpecError, normalize_answer, parse_question
 
     questions = dataset.questions
@@ -311,10 +306,7 @@ def evaluate_vqa(
     images = dataset.images_by_id()
     records = []
     for chunk in tqdm(list(_chunks(questions, batch_size)), desc="vqa", unit="batch", leave=False):
-        if blind:
-            pictures = torch.zeros(len(chunk), 3, model.input_size, model.input_size)
-        else:
-            pictures = [Image.open(dataset.image_path(images[q.image_id])) for q in chunk]
+        pictures = [Image.open(dataset.image_path(images[q.image_id])) for q in chunk]
         for q, a in zip(chunk, model.ask(pictures, [q.question for q in chunk], alternatives=2)):
             try:
                 held_out = parse_question(q.question).held_out
