@@ -29,7 +29,10 @@ from mmodal.shapes.semantics import (
     Statement,
 )
 
-SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
+# A colour said another way now and then: "violet", "red-coloured", "coloured red".
+COLOR_NAMES = {"purple": ("purple", "violet")}
+COLOR_FORMS = ("{}", "{}", "{}", "{}", "{}", "{}-coloured", "{}-colored")
 OBJECT_NOUNS = ("object", "shape", "thing", "item")
 # A shape named by an adjective before an object noun: "a round thing", "a star-shaped object".
 SHAPE_ADJECTIVES = {
@@ -40,13 +43,15 @@ SHAPE_ADJECTIVES = {
     "hexagon": ("hexagonal",),
 }
 RELATION_WORDS = {
-    "left of": ("left of", "to the left of", "on the left of", "on the left side of"),
-    "right of": ("right of", "to the right of", "on the right of", "on the right side of"),
-    "above": ("above", "over", "on top of", "higher than"),
-    "below": ("below", "under", "beneath", "lower than", "underneath"),
+    "left of": ("left of", "to the left of", "on the left of", "on the left side of", "to the left side of"),
+    "right of": ("right of", "to the right of", "on the right of", "on the right side of", "to the right side of"),
+    "above": ("above", "over", "on top of", "higher than", "higher up than", "atop"),
+    "below": ("below", "under", "beneath", "lower than", "underneath", "lower down than"),
 }
 DIGITS = {word: str(n) for n, word in enumerate(COUNT_WORDS)}
-JOINERS = (" and ", " and ", " and ", ", ", " as well as ", " along with ", " together with ")
+JOINERS = (" and ", " and ", " and ", ", ", " as well as ", " along with ", " together with ", " plus ", " and also ")
+# Counts said without their number word: "a single star", "just one circle", "a pair of squares".
+COUNT_FORMS = {1: ("a single {}", "just one {}", "only one {}"), 2: ("a pair of {}", "a couple of {}")}
 QUERY_FILLERS = (
     "{}",
     "{}",
@@ -64,6 +69,13 @@ QUERY_FILLERS = (
     "pictures with {} in it",
     "images containing {}",
     "i want {}",
+    "pics of {}",
+    "get me {}",
+    "look for {}",
+    "a scene with {}",
+    "an image that has {}",
+    "{} in the picture",
+    "{} please",
 )
 QUESTION_FORMS = {
     "color": (
@@ -74,6 +86,9 @@ QUESTION_FORMS = {
         "which color is the {t}?",
         "what color does the {t} have?",
         "tell me the colour of the {t}",
+        "what's the colour of the {t}?",
+        "the {t} is what color?",
+        "what color is that {t}?",
     ),
     "shape": (
         "what shape is the {t}?",
@@ -81,6 +96,8 @@ QUESTION_FORMS = {
         "which shape is the {t}?",
         "what kind of shape is the {t}?",
         "what shape does the {t} have?",
+        "what's the shape of the {t}?",
+        "the {t} is what shape?",
     ),
     "size": (
         "what size is the {t}?",
@@ -89,6 +106,8 @@ QUESTION_FORMS = {
         "is the {t} small or large?",
         "is the {t} big or small?",
         "what is the size of the {t}?",
+        "is the {t} large or small?",
+        "what's the size of the {t}?",
     ),
     "count": (
         "how many {tp} are there?",
@@ -98,6 +117,8 @@ QUESTION_FORMS = {
         "how many {tp} do you see?",
         "count the {tp}",
         "what is the number of {tp}?",
+        "how many {tp}?",
+        "how many {tp} can you count?",
     ),
     "exist": (
         "is there {ta}?",
@@ -107,8 +128,11 @@ QUESTION_FORMS = {
         "is there {ta} in the picture?",
         "does the image contain {ta}?",
         "does the picture have {ta}?",
+        "are there {tp}?",
+        "do you see any {tp}?",
+        "can you find {ta}?",
     ),
-    "relation": ("is the {t} {r} the {o}?",),
+    "relation": ("is the {t} {r} the {o}?", "is the {t} {r} the {o}?", "is the {t} located {r} the {o}?"),
     "query": (
         "what is {r} the {o}?",
         "what's {r} the {o}?",
@@ -116,6 +140,8 @@ QUESTION_FORMS = {
         "which shape is {r} the {o}?",
         "what object is {r} the {o}?",
         "what can you see {r} the {o}?",
+        "what lies {r} the {o}?",
+        "tell me what is {r} the {o}",
     ),
 }
 
@@ -143,7 +169,7 @@ def phrase_words(phrase: ObjectPhrase, rng: np.random.Generator, plural: bool = 
     if phrase.size is not None:
         words.append(_pick(rng, SIZE_WORDS[phrase.size]))
     if phrase.color is not None:
-        words.append(phrase.color)
+        words.append(_pick(rng, COLOR_FORMS).format(_pick(rng, COLOR_NAMES.get(phrase.color, (phrase.color,)))))
     if phrase.shape is not None and rng.random() < 0.75:
         noun = phrase.shape
     else:
@@ -166,6 +192,10 @@ def _with_article(phrase: ObjectPhrase, rng: np.random.Generator, definite_ok: b
 
 
 def _number(count: int, rng: np.random.Generator) -> str:
+    """The count as people say it before a noun: "2", "three", "exactly four", or a form with "{}" for the noun
+    ("a pair of {}")."""
+    if count in COUNT_FORMS and rng.random() < 0.2:
+        return _pick(rng, COUNT_FORMS[count])
     word = COUNT_WORDS[count]
     said = DIGITS[word] if rng.random() < 0.4 else word
     return ("exactly " + said) if rng.random() < 0.15 else said
@@ -178,8 +208,13 @@ def _say_part(part, rng: np.random.Generator) -> tuple[str, object]:
         relation = _pick(rng, RELATION_WORDS[part.relation])
         return f"{_with_article(part.subject, rng)} {relation} {_with_article(part.other, rng, True)}", part
     if isinstance(part, CountPhrase):
-        return f"{_number(part.count, rng)} {phrase_words(part.phrase, rng, plural=part.count != 1)}", part
+        number, words = _number(part.count, rng), phrase_words(part.phrase, rng, plural=part.count != 1)
+        return (number.format(words) if "{}" in number else f"{number} {words}"), part
     roll = rng.random()
+    if part.shape is None and roll < 0.1:  # "something red", "anything big and blue"
+        said = [w for w in phrase_words(part, rng).split()[:-1]]
+        if said:
+            return f"{_pick(rng, ('something', 'anything'))} {' and '.join(said)}", part
     if roll < 0.3:
         return phrase_words(part, rng, plural=True), part  # "red circles": at least one, as "a red circle"
     if roll < 0.45:
@@ -232,6 +267,8 @@ def vocabulary() -> tuple[str, ...]:
     texts += [w for options in SIZE_WORDS.values() for w in options]
     texts += [a for options in SHAPE_ADJECTIVES.values() for a in options]
     texts += [w for options in RELATION_WORDS.values() for w in options] + list(JOINERS) + list(DIGITS.values())
+    texts += [n for names in COLOR_NAMES.values() for n in names] + [f.format("") for f in COLOR_FORMS]
+    texts += [f.format("") for forms in COUNT_FORMS.values() for f in forms] + ["something anything"]
     texts += ["a an the exactly"] + [f.replace("{}", "") for f in QUERY_FILLERS]
     texts += [f.format(t="", tp="", ta="", o="", r="") for forms in QUESTION_FORMS.values() for f in forms]
     return tuple(sorted({w for t in texts for w in WORD.findall(t.lower())}))
