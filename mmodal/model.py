@@ -437,13 +437,8 @@ class MModalModel(nn.Module, RetrievalModel):
         replace_file(tmp, folder / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(
-        cls, folder: str | os.PathLike, device: str | torch.device = "cpu", allow_new_modules: bool = False
-    ) -> MModalModel:
-        """Loads a model folder, or a model shipped with mmodal by name ("shapes"), strictly.
-
-        ``allow_new_modules`` (for training only) lets modules the checkpoint predates start from scratch.
-        """
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> MModalModel:
+        """Loads a model folder, or a model shipped with mmodal by name ("shapes"), strictly."""
         source = str(folder)
         folder = resolve_model_path(folder)
         weights = folder / WEIGHTS_FILE
@@ -459,12 +454,9 @@ class MModalModel(nn.Module, RetrievalModel):
                 f"{weights} is not a readable safetensors file ({error}); restore the model folder"
             ) from None
         retired = [k for k in unexpected if k.startswith(RETIRED_MODULES)]
-        if retired:  # a folder saved with the first design's patch parts: the slot model never runs them
+        if retired:  # a folder saved with weights the model no longer has (see RETIRED_MODULES)
             log.info("%s holds %d tensors of retired modules; they are not loaded", weights, len(retired))
             unexpected = [k for k in unexpected if not k.startswith(RETIRED_MODULES)]
-        if allow_new_modules and missing and not unexpected:
-            log.warning("%s lacks %d tensors (%s…); they start fresh", weights, len(missing), sorted(missing)[0])
-            missing = []
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not fit its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
