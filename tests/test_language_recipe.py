@@ -35,7 +35,7 @@ def _config(tmp_path, data, init_from, **overrides) -> TrainConfig:
         out=str(tmp_path / "run"),
         data=str(data),
         init_from=str(init_from),
-        reading_steps=60,
+        reading_steps=100,
         joint_steps=2,
         batch_size=16,
         parse_texts=16,
