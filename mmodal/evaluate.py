@@ -102,9 +102,12 @@ def evaluate(
     batch_size: int = 128,
     rerank_top: int = RERANK_TOP,
     paraphrases: Path | None = None,
+    ground_truth: bool = True,
 ) -> dict:
     """All of the spec's metrics for ``model`` on ``dataset`` (which needs queries; foils and audio when present).
-    ``paraphrases`` is a paraphrase set's folder (see :mod:`mmodal.paraphrase_eval`) to score as well."""
+    ``paraphrases`` is a paraphrase set's folder (see :mod:`mmodal.paraphrase_eval`) to score as well;
+    ``ground_truth`` also ranks every query by the reasoner on every image's ground-truth slots (costly on a
+    large gallery)."""
     if paraphrases is not None:
         search_pairs, question_pairs = read_paraphrases(paraphrases)
     model.eval()
@@ -128,7 +131,7 @@ def evaluate(
             typed = [ranker.rank(Query(text=t)) for t in _progress(texts, "re-rank")]
             result["search"]["reranked"] = _search_metrics(typed, dataset, index_of)
             result["search"]["reranked_by_structure"] = _structure_metrics(typed, dataset, index_of)
-            if all(r.scene is not None for r in dataset.images):
+            if ground_truth and all(r.scene is not None for r in dataset.images):
                 parses = [p for chunk in _chunks(texts, batch_size) for p in model.read_queries(chunk)]
                 result["search"]["ground_truth_slots"] = _ground_truth_search(model, dataset, parses, index_of)
                 result["detector"] = _detector_metrics(model, dataset, slots)
