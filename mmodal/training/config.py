@@ -24,7 +24,6 @@ class TrainConfig:
     recipe: str = "shapes"
     model: str = "default"  # "default", "tiny" (tests) or "dense" (the default with a dense language core)
     init_from: str | None = None  # recipes "language" and "speech": the model they build on (default: shipped)
-    steps: int = 0  # every stage's steps together (set from the stages)
     batch_size: int | None = None  # every stage's batch (default: each stage's own)
     lr: float | None = None  # every stage's peak learning rate (default: each stage's own)
     weight_decay: float = 0.05
