@@ -1,102 +1,90 @@
 """Probe: can a small log-mel transformer (the audio tower's design, fresh) transcribe spoken Shapes queries
-with a CTC head over the query words? Trains on train-split speech, scores word error rate on a test split
-spoken in voices training never heard, by noise level.
+with a CTC head over the query words? Trains on train-split speech with nothing added (no augmentation, no
+wordless clips, no embedding loss, batches drawn at random), and logs its CTC loss and greedy word error rate
+on a spoken test split every 100 steps, as the speech stage of `mmodal train` logs them (curve.jsonl), so that
+the two can be compared at equal steps on the same data.
 
-    python benchmarks/probe_ctc.py MINUTES TEST_DIR TRAIN_DIR [TRAIN_DIR ...]
+    python benchmarks/probe_ctc.py --steps N --validation TEST_DIR --out CURVE.jsonl TRAIN_DIR [TRAIN_DIR ...]
     (speech sets from `mmodal data shapes --n 400 --queries 2000 --speech --split train|test --seed S`)
 """
 
-import sys
+import argparse
+import json
+import math
 import time
 
 import numpy as np
-import soundfile
 import torch
 import torch.nn.functional as F
-import torchaudio
-from torch import nn
 
-from encoders.audio import AudioEncoder, AudioEncoderConfig, preprocess_audio
-from mmodal.data.dataset import read_dataset
+from mmodal.config import ModelConfig
+from mmodal.training.config import TrainConfig
+from mmodal.training.speech_recipe import (
+    SpeechTrainingData,
+    ValidationClips,
+    decayed,
+    fresh_tower,
+    speech_audio,
+    speech_datasets,
+)
 
-torch.manual_seed(0)
+parser = argparse.ArgumentParser()
+parser.add_argument("train", nargs="+")
+parser.add_argument("--steps", type=int, required=True, help="the schedule's length")
+parser.add_argument("--stop-at", type=int, help="stop after this many steps of the schedule")
+parser.add_argument("--validation", required=True)
+parser.add_argument("--out", required=True)
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+
+torch.manual_seed(args.seed)
 torch.set_num_threads(2)
-MINUTES = float(sys.argv[1])
-test_dir, train_dirs = sys.argv[2], sys.argv[3:]
+config = TrainConfig()  # the schedule and weight decay of `mmodal train`
+data = SpeechTrainingData([d for folder in args.train for d in speech_datasets(folder)], args.seed, wordless_clips=0)
+validation = ValidationClips(args.validation)
+tower = fresh_tower(speech_audio(ModelConfig().audio, data.vocabulary), args.seed)  # the stage's first weights
+named = list(tower.named_parameters())
+optimizer = torch.optim.AdamW(
+    [
+        {"params": [p for n, p in named if decayed(n, p)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in named if not decayed(n, p)], "weight_decay": 0.0},
+    ],
+    lr=1.0,
+)
+warmup = min(config.warmup_steps, max(1, args.steps // 5))
+peak = 1e-3
 
 
-def clips(folder):
-    dataset = read_dataset(folder)
-    out = []
-    for q in dataset.queries:
-        wave, rate = soundfile.read(str(dataset.root / q.audio), dtype="float32")
-        out.append((preprocess_audio(torch.from_numpy(wave), rate, 8.0), q.text.split(), q.voice))
-    return out
+def rate(step: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, args.steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-train = [c for d in train_dirs for c in clips(d)]
-test = clips(test_dir)
-words = sorted({w for _, t, _ in train for w in t})
-index = {w: i + 1 for i, w in enumerate(words)}  # 0 is the CTC blank
-print(f"{len(train)} training clips, {len(test)} test clips, {len(words)} words", flush=True)
-
-config = AudioEncoderConfig(width=192, num_layers=4, num_heads=4)
-encoder = AudioEncoder(config)
-head = nn.Linear(config.width, len(words) + 1)
-params = list(encoder.parameters()) + list(head.parameters())
-optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-
-
-def batch(items):
-    lengths = torch.tensor([len(w) for w, _, _ in items])
-    waves = torch.zeros(len(items), int(lengths.max()))
-    for i, (w, _, _) in enumerate(items):
-        waves[i, : len(w)] = w
-    return waves, lengths
-
-
-def log_probs(items):
-    waves, lengths = batch(items)
-    tokens, mask = encoder(waves, lengths)
-    return head(tokens).log_softmax(-1), mask.sum(1)
-
-
-rng = np.random.default_rng(0)
-start, step = time.time(), 0
-encoder.train()
-while time.time() - start < MINUTES * 60:
-    items = [train[int(i)] for i in rng.choice(len(train), 32, replace=False)]
-    lp, token_lengths = log_probs(items)
-    targets = torch.tensor([index[w] for _, t, _ in items for w in t])
-    target_lengths = torch.tensor([len(t) for _, t, _ in items])
-    warm = min(1.0, (step + 1) / 200)
-    for g in optimizer.param_groups:
-        g["lr"] = 1e-3 * warm
-    loss = F.ctc_loss(lp.transpose(0, 1), targets, token_lengths, target_lengths, zero_infinity=True)
-    optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    step += 1
-    if step % 100 == 0:
-        print(f"step {step} ctc {loss.item():.3f} {time.time() - start:.0f}s", flush=True)
+rng = np.random.default_rng(args.seed)
+start = time.time()
+with open(args.out, "w", encoding="utf-8") as curve:
+    for step in range(1, (args.stop_at or args.steps) + 1):
+        waves, lengths, targets, _ = data.batch(32, rng, extras=())
+        tokens, mask = tower(waves, lengths)
+        flat = torch.tensor([w for t in targets for w in t])
+        loss = F.ctc_loss(
+            tower.word_log_probs(tokens).transpose(0, 1),
+            flat,
+            mask.sum(1),
+            torch.tensor([len(t) for t in targets]),
+            zero_infinity=True,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = rate(step - 1)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0:
+            line = {"step": step, "stage": "probe", "ctc": round(loss.item(), 5)}
+            line["wer"] = validation.word_error_rate(tower)
+            print(json.dumps(line), f"{time.time() - start:.0f}s", flush=True)
+            curve.write(json.dumps(line) + "\n")
 print(f"trained {step} steps in {(time.time() - start) / 60:.1f} min", flush=True)
-
-encoder.eval()
-errors, total = {}, {}
-with torch.no_grad():
-    for i in range(0, len(test), 64):
-        items = test[i : i + 64]
-        lp, token_lengths = log_probs(items)
-        best = lp.argmax(-1)
-        for b, (_, truth, voice) in enumerate(items):
-            ids = best[b, : int(token_lengths[b])].tolist()
-            heard = [words[k - 1] for j, k in enumerate(ids) if k and (j == 0 or ids[j - 1] != k)]
-            level = (
-                "snr < 15 dB" if voice["snr_db"] < 15 else "snr 15-22 dB" if voice["snr_db"] < 22 else "snr >= 22 dB"
-            )
-            for key in ("all", level):
-                errors[key] = errors.get(key, 0) + torchaudio.functional.edit_distance(truth, heard)
-                total[key] = total.get(key, 0) + len(truth)
-for key in sorted(total):
-    print(f"WER {key}: {errors[key] / total[key]:.4f} ({total[key]} words)", flush=True)

@@ -3,6 +3,7 @@ CTC head that spells the time tokens as words of the tower's vocabulary (index 0
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,10 +61,23 @@ def preprocess_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: floa
     if seconds > max_seconds:
         raise TowerInputError(f"audio is {seconds:.1f} s long; spoken queries may last at most {max_seconds:.0f} s")
     if sample_rate != SAMPLE_RATE:
-        waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
+        waveform = resample(waveform, sample_rate, SAMPLE_RATE)
     if not torch.isfinite(waveform).all():
         raise TowerInputError("audio holds NaN or infinite samples")
     return waveform
+
+
+def resample(waveform: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """``waveform`` (…, T) from ``rate`` to ``target`` Hz, by torchaudio's band-limited sinc interpolation."""
+    if rate == target:
+        return waveform
+    return _resampler(rate, target)(waveform)
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(rate: int, target: int) -> torchaudio.transforms.Resample:
+    # The filter kernel is most of the cost of resampling one clip: computed once per pair of rates.
+    return torchaudio.transforms.Resample(rate, target)
 
 
 class AudioEncoder(nn.Module):

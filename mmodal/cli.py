@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     shapes.set_defaults(handler=_data_shapes)
 
-    from mmodal.training.config import RECIPES
+    from mmodal.training.config import RECIPES, SPEECH_EXTRAS
 
     train = commands.add_parser("train", help="train a model on the Shapes world (resumable)")
     train.add_argument("--config", help="JSON file of training settings (mmodal.training.config.TrainConfig)")
@@ -278,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("speech", "the audio tower"),
     ):
         train.add_argument(f"--{stage}-steps", dest=f"{stage}_steps", type=_count, help=f"{what}: steps (0 skips it)")
+    train.add_argument(
+        "--speech-extras",
+        dest="speech_extras",
+        nargs="*",
+        choices=SPEECH_EXTRAS,
+        help="what the speech stage adds to its probe (default: all)",
+    )
+    train.add_argument(
+        "--speech-validation",
+        dest="speech_validation",
+        help="a spoken test split: the speech stage logs its word error rate every 100 steps (curve.jsonl)",
+    )
     train.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="every stage's batch")
     train.add_argument("--lr", type=float, help="every stage's peak learning rate")
     train.add_argument(

@@ -9,15 +9,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
-import torchaudio
 from PIL import Image
 from tqdm import tqdm
 
 from indexes.collection import ImageIndex
 from indexes.metadata import NewItem, present_slots
 from mmodal.data.dataset import Dataset
+from mmodal.evaluate_speech import speech_metrics
 from mmodal.model import MModalModel
 from mmodal.paraphrase_eval import read_paraphrases, score_questions, score_search
 from mmodal.search import RERANK_TOP, Query, Searcher
@@ -143,7 +142,14 @@ def evaluate(
                 }
             spoken = [q for q in dataset.queries if q.audio]
             if spoken:
-                result["speech"] = _speech_metrics(model, dataset, spoken, ranker, dict(zip(texts, typed)))
+                result["speech"] = speech_metrics(
+                    model,
+                    dataset,
+                    spoken,
+                    ranker.rank,
+                    dict(zip(texts, typed)),
+                    lambda rankings, queries: _search_metrics(rankings, dataset, index_of, queries)["all"],
+                )
         finally:
             ranker.close()
     if dataset.foils:
@@ -368,52 +374,6 @@ def _foil_accuracy(model, dataset, image_emb, slots, index_of, batch_size) -> di
     }
 
 
-def _speech_metrics(model, dataset, spoken, ranker: _Ranker, typed: dict[str, np.ndarray], batch_size=64) -> dict:
-    """Spoken queries searched as users' are: by the transcript's words when the model hears them clearly (text
-    path, re-ranked), else by the clip's sound; beside them the same queries typed, by sound alone, and the
-    word error rate by noise level."""
-    clips = [soundfile.read(dataset.root / q.audio, dtype="float32") for q in spoken]
-    index_of = {r.id: i for i, r in enumerate(dataset.images)}
-    sound_rankings = [ranker.rank(Query(audio=clip)) for clip in _progress(clips, "search by sound")]
-    by_sound = _search_metrics(sound_rankings, dataset, index_of, spoken)["all"]
-    result = {"n": len(spoken), "sound": {k: by_sound[k] for k in ("p@10", "map")}}
-    typed_all = _search_metrics([typed[q.text] for q in spoken], dataset, index_of, spoken)["all"]
-    result["typed"] = {k: typed_all[k] for k in ("p@10", "map")}
-    if not model.transcribes:
-        return {**result, "p@10": by_sound["p@10"], "map": by_sound["map"]}
-    chunks = tqdm(list(_chunks(clips, batch_size)), desc="transcribe", unit="batch", leave=False)
-    transcripts = [t for chunk in chunks for t in model.transcribe(chunk)]
-    errors, words = defaultdict(int), defaultdict(int)
-    for query, transcript in zip(spoken, transcripts):
-        truth, heard = query.text.split(), transcript.text.split()
-        for level in ("all", _noise_level(query.voice)):
-            errors[level] += torchaudio.functional.edit_distance(truth, heard)
-            words[level] += len(truth)
-    heard = [i for i, t in enumerate(transcripts) if t.heard]
-    rankings = list(sound_rankings)
-    for i in heard:
-        rankings[i] = ranker.rank(Query(text=transcripts[i].text))
-    spoken_all = _search_metrics(rankings, dataset, index_of, spoken)["all"]
-    confidences = np.array([t.confidence for t in transcripts])
-    return {
-        **result,
-        "p@10": spoken_all["p@10"],
-        "map": spoken_all["map"],
-        "wer": {level: round(errors[level] / words[level], 4) for level in sorted(words)},
-        "words": dict(sorted(words.items())),
-        "heard_share": round(len(heard) / len(spoken), 4),
-        "exact_transcripts": round(float(np.mean([t.text == q.text for q, t in zip(spoken, transcripts)])), 4),
-        "confidence_median": round(float(np.median(confidences)), 4),
-    }
-
-
-def _noise_level(voice: dict | None) -> str:
-    snr = (voice or {}).get("snr_db")
-    if snr is None:
-        return "snr unknown"
-    return "snr < 15 dB" if snr < 15 else "snr 15-22 dB" if snr < 22 else "snr >= 22 dB"
-
-
 def format_report(report: dict[str, dict]) -> str:
     """A readable table of several models' results, one column per model."""
     names = list(report)
@@ -458,12 +418,11 @@ def format_report(report: dict[str, dict]) -> str:
         rows.append(("speech P@10", [f"{r['speech']['p@10']:.3f}" for r in report.values()]))
         rows.append(("speech P@10 typed", [f"{r['speech']['typed']['p@10']:.3f}" for r in report.values()]))
         rows.append(("speech P@10 by sound", [f"{r['speech']['sound']['p@10']:.3f}" for r in report.values()]))
-        rows.append(
-            (
-                "speech WER",
-                [f"{r['speech']['wer']['all']:.4f}" if "wer" in r["speech"] else "-" for r in report.values()],
-            )
-        )
+        rows.append(("speech WER", [f"{r['speech'].get('wer', {}).get('all', '-')}" for r in report.values()]))
+        for name in first["speech"].get("by_synthesizer", {}):
+            for key, label in (("p@10", "P@10"), ("wer", "WER")):
+                values = [r["speech"].get("by_synthesizer", {}).get(name, {}).get(key, "-") for r in report.values()]
+                rows.append((f"speech {label}, {name}", [str(v["all"] if isinstance(v, dict) else v) for v in values]))
     if "vqa" in first:
         rows.append(("vqa accuracy all", [f"{r['vqa']['all']['accuracy']:.3f}" for r in report.values()]))
         held = [r["vqa"].get("held_out_all", {}).get("accuracy", float("nan")) for r in report.values()]

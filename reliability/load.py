@@ -99,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmodal.data.dataset import read_dataset
     from mmodal.data.generate import generate_shapes
-    from mmodal.shapes.speech import SpeechSynthesisError, espeak_path
+    from mmodal.shapes.speech import SYNTHESIZERS, SpeechSynthesisError, synthesizer_path
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     try:
-        espeak_path()
+        for synthesizer in SYNTHESIZERS:
+            synthesizer_path(synthesizer)
         speech = True
     except SpeechSynthesisError:
         speech = False

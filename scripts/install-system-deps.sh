@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages mmodal needs, only when they are missing: espeak-ng (spoken queries),
+# Installs the Debian packages mmodal needs, only when they are missing: espeak-ng and flite (spoken queries),
 # ffmpeg (voice clips as browsers and phones record them: M4A/AAC, WebM, Opus) and python3-venv (the project's virtual environment); with --browser also chromium-headless-shell,
 # which the browser test drives.
 set -euo pipefail
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v flite >/dev/null 2>&1 || missing+=(flite)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${1:-}" = "--browser" ]; then

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 
 import pytest
@@ -18,13 +17,14 @@ from mmodal.data.dataset import read_dataset
 from mmodal.data.generate import generate_shapes
 from mmodal.model import MModalModel
 from mmodal.pipeline import index_collection
+from mmodal.shapes.speech import can_speak
 
 
 @pytest.fixture(scope="session")
 def shapes_test_dir(tmp_path_factory):
     """A small test split with spoken queries."""
     root = tmp_path_factory.mktemp("shapes") / "test"
-    speech = shutil.which("espeak-ng") is not None
+    speech = can_speak()
     generate_shapes(root, n=80, seed=11, split="test", with_speech=speech, n_queries=40, workers=2)
     return root
 

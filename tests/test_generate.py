@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import soundfile
 
 from mmodal.data.dataset import read_dataset
 from mmodal.data.generate import generate_shapes
+from mmodal.shapes import speech
 from mmodal.shapes.semantics import (
     HELD_OUT_PAIRS,
     QUESTION_TYPES,
@@ -27,7 +27,7 @@ from mmodal.shapes.semantics import (
 from mmodal.shapes.world import any_statement
 from tests.spec_check import check_dataset
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_speech = pytest.mark.skipif(not speech.can_speak(), reason="espeak-ng or flite is not installed")
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -104,12 +104,13 @@ def test_images_cover_the_variation_range(tmp_path):
     assert counts == {1, 2, 3, 4}
 
 
-@needs_espeak
+@needs_speech
 def test_spoken_queries_vary_voice_speed_pitch_and_noise(shapes_test_dir):
     dataset = read_dataset(shapes_test_dir)
     voices = [q.voice for q in dataset.queries]
     assert all(q.audio for q in dataset.queries)
     assert len({v["voice"] for v in voices}) > 5
+    assert {v["synthesizer"] for v in voices} == set(speech.SYNTHESIZERS)
     wpm = [v["words_per_minute"] for v in voices]
     assert 131 <= min(wpm) < 150 and 200 < max(wpm) <= 219
     assert all(10 <= v["snr_db"] <= 30 for v in voices)

@@ -87,6 +87,7 @@ class QueryRecord:
     kind: str | None = None
     audio: str | None = None
     voice: dict | None = None
+    transcript: str | None = None  # what the audio says, when it words the query another way than ``text``
 
 
 @dataclass
@@ -127,9 +128,10 @@ _SCHEMAS: dict[type, dict[str, tuple[type, ...]]] = {
         "kind": (str, type(None)),
         "audio": (str, type(None)),
         "voice": (dict, type(None)),
+        "transcript": (str, type(None)),
     },
 }
-_OPTIONAL = {"kind", "type", "answers", "audio", "voice"}
+_OPTIONAL = {"kind", "type", "answers", "audio", "voice", "transcript"}
 
 
 def _iter_jsonl(path: Path):

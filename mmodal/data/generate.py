@@ -24,9 +24,9 @@ from mmodal.data.dataset import (
     QuestionRecord,
     write_dataset,
 )
-from mmodal.shapes import speech, world
+from mmodal.shapes import speech, wording, world
 from mmodal.shapes.render import render, sample_style
-from mmodal.shapes.semantics import HELD_OUT_PAIRS, QUERY_KINDS, SPEC_VERSION, Scene
+from mmodal.shapes.semantics import HELD_OUT_PAIRS, QUERY_KINDS, SPEC_VERSION, Scene, parse_statement
 from mmodal.workers import worker_pool
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _IMAGE_STREAM, _QUERY_STREAM, _VOICE_STREAM = 0, 1, 2
 JPEG_FRACTION = 0.5
 JPEG_QUALITY = (60, 95)
 MAX_QUERIES = 2000
+SPOKEN_WORDED_SHARE = 0.5  # share of a train split's spoken queries said in people's wording
 # How search queries are drawn: 2 draws every phrase form evenly in every position (1 gave relations and
 # conjunctions colour and shape on both sides). A test split of another draw is made again by `mmodal eval`.
 QUERY_DRAW = 2
@@ -101,13 +102,19 @@ def _make_queries(scenes: list[Scene], ids: list[str], seed: int, split: str, n_
     return queries
 
 
-def _speak(args: tuple[str, int, str, int, str]) -> tuple[str, dict]:
+def _speak(args: tuple[str, int, str, int, str]) -> tuple[str, dict, str | None]:
     root, seed, split, index, text = args
-    voice = speech.sample_voice(_rng(seed, split, _VOICE_STREAM, index), split)
+    rng = _rng(seed, split, _VOICE_STREAM, index)
+    voice = speech.sample_voice(rng, split)
+    # Training speech says half its queries as people word them ("show me two red circles"), so that spoken
+    # wordings are heard; a test split says each query as it is written, to compare spoken with typed search.
+    transcript = None
+    if split == "train" and rng.random() < SPOKEN_WORDED_SHARE:
+        transcript = speech.heard_words(wording.word_statement(parse_statement(text), rng).text)
     file = f"audio/q{index:05d}.wav"
     with atomic_open(Path(root) / file, "wb") as f:
-        speech.write_wav(f, speech.synthesize(text, voice))
-    return file, voice.to_dict()
+        speech.write_wav(f, speech.synthesize(transcript or text, voice))
+    return file, voice.to_dict(), transcript
 
 
 def generate_shapes(
@@ -126,7 +133,7 @@ def generate_shapes(
         n: number of images.
         seed: random seed; the same (seed, split, n) always gives the same dataset.
         split: "train" (never shows the held-out colour–shape pairs) or "test".
-        with_speech: also speak every query to a 16 kHz WAV with espeak-ng.
+        with_speech: also speak every query to a 16 kHz WAV (espeak-ng or flite).
         n_queries: number of distinct search queries (default: half the images, at most 2,000).
         workers: worker processes (default: all cores).
     """
@@ -135,7 +142,8 @@ def generate_shapes(
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     if with_speech:
-        speech.espeak_path()
+        for synthesizer in speech.SYNTHESIZERS:
+            speech.synthesizer_path(synthesizer)
     root = Path(out)
     (root / "images").mkdir(parents=True, exist_ok=True)
     for leftover in [*root.glob(".*.partial"), *root.glob("*/.*.partial")]:
@@ -160,8 +168,8 @@ def generate_shapes(
             (root / "audio").mkdir(exist_ok=True)
             jobs = [(str(root), seed, split, int(q.id[1:]), q.text) for q in dataset.queries]
             spoken = pool.map(_speak, jobs, chunksize=8)
-            for query, (file, voice) in zip(dataset.queries, tqdm(spoken, total=len(jobs), desc="speech", unit="wav")):
-                query.audio, query.voice = file, voice
+            for query, said in zip(dataset.queries, tqdm(spoken, total=len(jobs), desc="speech", unit="wav")):
+                query.audio, query.voice, query.transcript = said
     dataset.info = {
         "world": "shapes",
         "spec_version": SPEC_VERSION,

@@ -10,6 +10,10 @@ from pathlib import Path
 # "shapes" the whole model from nothing; "language" the language half over the perception of init_from;
 # "speech" the audio tower over init_from.
 RECIPES = ("shapes", "language", "speech")
+# What the speech stage adds to the probe that first heard the words: "augment" (tempo, lead-in, noise, gain,
+# SpecAugment), "wordless" (clips that must transcribe as nothing), "align" (the audio embedding onto the text's),
+# "grouped" (batches of clips of about the same length). See mmodal.training.speech_recipe.
+SPEECH_EXTRAS = ("augment", "wordless", "align", "grouped")
 
 
 @dataclass
@@ -40,6 +44,9 @@ class TrainConfig:
     parse_splice: float = 0.5  # share of those read with their words' contexts taken from a one-word variant
     answer_loss_weight: float = 1.0  # the answers' words, written by the core after the slot evidence
     audio_loss_weight: float = 1.0
+    speech_extras: tuple[str, ...] = SPEECH_EXTRAS  # what the speech stage adds to the probe (all by default)
+    speech_validation: str | None = None  # a spoken test split, scored (word error rate) every validate_every steps
+    validate_every: int = 100  # steps between validations and lines of the run's curve.jsonl
     mine_every: int = 200  # steps between refreshes of model-mined hard negatives (reading stages)
     mined_per_batch: int = 16  # images from the mined bank added to each batch
     checkpoint_every: int = 250
@@ -57,6 +64,12 @@ class TrainConfig:
             raise ValueError("the shapes recipe trains from nothing; --init-from goes with --recipe language or speech")
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError("batch_size must be at least 2")
+        self.speech_extras = tuple(self.speech_extras)
+        unknown = set(self.speech_extras) - set(SPEECH_EXTRAS)
+        if unknown:
+            raise ValueError(f"unknown speech extras {sorted(unknown)}; choose from {', '.join(SPEECH_EXTRAS)}")
+        if self.validate_every < 1:
+            raise ValueError("validate_every must be at least 1")
         counts = {"perception_steps", "reading_steps", "joint_steps", "speech_steps"}
         if any(getattr(self, name) < 0 for name in counts):
             raise ValueError(f"{', '.join(sorted(counts))} must not be negative")

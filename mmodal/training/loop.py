@@ -4,6 +4,7 @@ modules with its own warm-up and decay, checkpointed atomically and resumable, o
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from mmodal.training.checkpoint import find_checkpoint, load_trainer_state, save
 from mmodal.training.config import TrainConfig
 from mmodal.training.mining import NeighbourBank
 from mmodal.training.slot_batches import embed_ground_truth, freeze_towers
-from mmodal.training.speech_recipe import SpeechTrainingData
+from mmodal.training.speech_recipe import SpeechTrainingData, decayed
 from mmodal.training.stages import (
     Stage,
     build_model,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 TRAIN_CONFIG_FILE = "train_config.json"
+CURVE_FILE = "curve.jsonl"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,6 +73,15 @@ def _routing_health(model: MModalModel) -> dict[str, str]:
         "moe_min_share": f"{float(load.min() * len(load)):.2f}",
         "router_entropy": f"{model.language.router_entropy():.2f}",
     }
+
+
+def _record_curve(run: Path, step: int, stage: Stage, losses: dict[str, torch.Tensor], figures: dict[str, float]):
+    """One line of the run's training curve (``curve.jsonl``): the step's losses and the stage's held-out figures."""
+    line = {"step": step, "stage": stage.name, **{k: round(v.item(), 5) for k, v in losses.items()}, **figures}
+    if figures:
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    with open(run / CURVE_FILE, "a", encoding="utf-8") as curve:
+        curve.write(json.dumps(line) + "\n")
 
 
 def train(config: TrainConfig, resume: bool = False, for_steps: int | None = None) -> Path | None:
@@ -108,8 +119,8 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
     model.train()
     temperature = Temperature().to(device)
     params = [*model.named_parameters(), ("temperature", temperature.log_scale)]
-    decay = [p for name, p in params if p.ndim >= 2 and "embed" not in name]
-    no_decay = [p for name, p in params if not (p.ndim >= 2 and "embed" not in name)]
+    decay = [p for name, p in params if decayed(name, p)]
+    no_decay = [p for name, p in params if not decayed(name, p)]
     # Learning rates come whole from the schedule (each stage has its own peak), so the base rate is 1.
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1.0
@@ -184,6 +195,8 @@ def train(config: TrainConfig, resume: bool = False, for_steps: int | None = Non
                     **_routing_health(model),
                     samples_s=f"{rate:.0f}",
                 )
+            if step % config.validate_every == 0 and ranks.is_main:
+                _record_curve(run, step, stage, losses, stage.validate(model, config))
             if (step % config.checkpoint_every == 0 or step == stop_at) and ranks.is_main:
                 state = {
                     "step": step,

@@ -121,6 +121,9 @@ class ReadingStage:
         balance = search.pop("moe_balance") + answers.pop("moe_balance")
         return {**search, **answers, "moe": balance}
 
+    def validate(self, model: MModalModel, config: TrainConfig) -> dict[str, float]:
+        return {}  # search and answer figures come from `mmodal eval`
+
 
 def _worded(items: list, say, share: float, rng: np.random.Generator) -> tuple[list[str], list]:
     """Texts for ``items`` (statements or questions): a ``share`` of them worded as people type them; and the

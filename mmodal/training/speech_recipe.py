@@ -8,9 +8,14 @@ A fresh audio tower (``SPEECH_AUDIO`` sizes) learns two things at once from spok
 2. its adapter into the shared space, pulled onto the frozen text embedding of its transcript, for audio
    similarity without words.
 
+The stage starts as the probe that first transcribed held-out voices (``benchmarks/probe_ctc.py``): the same
+tower, optimiser, schedule, clips and batches. Each extra beyond it is one of ``SPEECH_EXTRAS``, chosen in
+``TrainConfig.speech_extras`` and kept only where it measured better (BENCHMARKS.md, "Voice search"):
+
 Clips are varied beyond the recorded voices: speed perturbed (tempo and pitch together, as a longer or
-shorter vocal tract), padded with quiet lead-in and tail as recordings have, given extra noise, and masked in
-time and frequency (SpecAugment). Clips with no query words in them (silence, noise, tones, speech in other
+shorter vocal tract), padded with quiet lead-in and tail as recordings have, some heard in a reverberant room or
+through a narrow microphone or telephone band, given extra noise, and masked in time and frequency
+(SpecAugment). Clips with no query words in them (silence, noise, tones, speech in other
 languages) are taught to transcribe as nothing, so that what is not a query gets no confident transcript.
 Everything else in the model stays frozen: its index vectors and answers do not change.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +36,14 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from encoders.audio import SAMPLE_RATE
+from encoders.audio import SAMPLE_RATE, AudioEncoder, AudioEncoderConfig, preprocess_audio, resample
 from encoders.transcribe import count_bigram
 from kernels.contrastive import contrastive_loss
 from mmodal.config import ModelConfig
 from mmodal.data.dataset import Dataset, read_dataset
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
-from mmodal.shapes.speech import Voice, synthesize
-from mmodal.training.config import TrainConfig
+from mmodal.shapes.speech import Voice, heard_words, synthesize
+from mmodal.training.config import SPEECH_EXTRAS, TrainConfig
 from mmodal.training.slot_batches import load_towers
 
 log = logging.getLogger(__name__)
@@ -46,11 +52,14 @@ SPEECH_MODULES = ("audio_tower.", "audio_adapter.")
 SPEECH_AUDIO = {"width": 192, "num_layers": 4, "num_heads": 4}  # the size that heard test voices best
 SPEEDS = (0.9, 0.95, 1.0, 1.0, 1.05, 1.1)  # tempo factors; ratios of small integers resample quickly
 WORDLESS_SHARE = 0.1  # share of each batch that holds no query word
+ROOM_SHARE = 0.3  # share of varied clips heard in a reverberant room
+MICROPHONE_SHARE = 0.3  # share of varied clips heard through a narrow microphone or telephone band
 # Speech in other languages, for clips that must transcribe as nothing: espeak-ng reads numbers in each
 # language's own words. The languages heard in testing are left out here (see benchmarks/speech_refusals.py).
 WORDLESS_LANGUAGES = ("de", "fr", "es", "it", "nl", "pl", "cs", "hu")
 WORDLESS_CLIPS = 400
 WORDLESS_MAX_SECONDS = 3.5  # as long as the longer spoken queries
+VALIDATION_CLIPS = 300  # clips of the validation split scored every ``validate_every`` steps
 
 
 def speech_datasets(folder: str | Path) -> list[Dataset]:
@@ -75,8 +84,22 @@ def build_speech_model(config: TrainConfig, vocabulary: tuple[str, ...], bigram:
     audio = speech_audio(base.audio, vocabulary, tiny=config.model == "tiny")
     model = MModalModel(replace(base, audio=audio), PreTrainedTokenizerFast.from_pretrained(folder))
     load_towers(model, load_file(str(folder / WEIGHTS_FILE)), SPEECH_MODULES, str(folder))
+    model.audio_tower.load_state_dict(fresh_tower(model.config.audio, config.seed).state_dict())
     model.audio_tower.word_bigram.copy_(bigram)
     return model
+
+
+def fresh_tower(audio: AudioEncoderConfig, seed: int) -> AudioEncoder:
+    """A new audio tower whose first weights come from ``seed`` alone, whatever else the model holds: the same
+    draw as the probe's (``benchmarks/probe_ctc.py``), so that the two can be compared step for step."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AudioEncoder(audio)
+
+
+def decayed(name: str, parameter: torch.nn.Parameter) -> bool:
+    """Whether weight decay applies to a parameter: matrices, not biases, norms or embeddings."""
+    return parameter.ndim >= 2 and "embed" not in name
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,11 @@ class SpeechStage:
     ):
         return speech_losses(model, data, size, rng, config, temperature)
 
+    def validate(self, model, config: TrainConfig) -> dict[str, float]:
+        if not config.speech_validation:
+            return {}
+        return {"wer": validation_clips(config.speech_validation).word_error_rate(model.audio_tower)}
+
 
 def speech_audio(base, vocabulary: tuple[str, ...], tiny: bool = False):
     """``base`` (an audio config) at the size that transcribes, hearing ``vocabulary``."""
@@ -118,7 +146,7 @@ class SpeechTrainingData:
                     if rate != SAMPLE_RATE:
                         raise ValueError(f"{dataset.root / query.audio} is at {rate} Hz; spoken splits are 16 kHz")
                     self.clips.append(audio)
-                    self.texts.append(query.text)
+                    self.texts.append(heard_words(query.transcript or query.text))
         self.vocabulary = tuple(sorted({w for t in self.texts for w in t.split()}))
         index = {w: i + 1 for i, w in enumerate(self.vocabulary)}
         self.targets = [[index[w] for w in t.split()] for t in self.texts]
@@ -141,15 +169,18 @@ class SpeechTrainingData:
         table = dict(zip(unique, torch.cat(rows).float().cpu()))
         self.text_embeddings = torch.stack([table[t] for t in self.texts])
 
-    def batch(self, n: int, rng: np.random.Generator):
-        """``n`` clips, varied: (waves (B, T), lengths (B,), word targets, spoken indices (-1: wordless))."""
-        n_wordless = int(round(n * WORDLESS_SHARE)) if self.wordless else 0
-        # Clips of about the same length go together, so that little of a batch is padding.
-        pool = rng.choice(len(self.clips), size=min(len(self.clips), 4 * n), replace=False)
-        pool = pool[np.argsort([len(self.clips[p]) for p in pool], kind="stable")]
-        n_spoken = min(n - n_wordless, len(pool))
-        first = int(rng.integers(0, len(pool) - n_spoken + 1))
-        picks = [int(p) for p in pool[first : first + n_spoken]]
+    def batch(self, n: int, rng: np.random.Generator, extras: tuple[str, ...] = SPEECH_EXTRAS):
+        """``n`` clips, varied as ``extras`` say: (waves (B, T), lengths (B,), word targets, spoken indices (-1:
+        wordless))."""
+        n_wordless = int(round(n * WORDLESS_SHARE)) if self.wordless and "wordless" in extras else 0
+        n_spoken = min(n - n_wordless, len(self.clips))
+        if "grouped" in extras:  # clips of about the same length go together, so that little of a batch is padding
+            pool = rng.choice(len(self.clips), size=min(len(self.clips), 4 * n), replace=False)
+            pool = pool[np.argsort([len(self.clips[p]) for p in pool], kind="stable")]
+            first = int(rng.integers(0, len(pool) - n_spoken + 1))
+            picks = [int(p) for p in pool[first : first + n_spoken]]
+        else:
+            picks = [int(p) for p in rng.choice(len(self.clips), size=n_spoken, replace=False)]
         picks += [-1] * n_wordless
         waves, targets = [], []
         for p in picks:
@@ -159,7 +190,7 @@ class SpeechTrainingData:
             else:
                 wave = torch.from_numpy(self.clips[p].astype(np.float32) / 32768.0)
                 targets.append(self.targets[p])
-            waves.append(vary(wave, rng))
+            waves.append(vary(wave, rng) if "augment" in extras else wave)
         lengths = torch.tensor([len(w) for w in waves])
         batch = torch.zeros(len(waves), int(lengths.max()))
         for i, w in enumerate(waves):
@@ -168,12 +199,17 @@ class SpeechTrainingData:
 
 
 def vary(wave: torch.Tensor, rng: np.random.Generator, max_seconds: float = 7.5) -> torch.Tensor:
-    """A clip as another speaker and microphone might give it: tempo, lead-in and tail, gain and extra noise."""
+    """A clip as another speaker, room and microphone might give it: tempo, lead-in and tail, a room's echo, a
+    microphone's or telephone's band, gain and extra noise."""
     speed = SPEEDS[int(rng.integers(len(SPEEDS)))]
     if speed != 1.0:
-        wave = torchaudio.functional.resample(wave, int(round(SAMPLE_RATE * speed)), SAMPLE_RATE)
+        wave = resample(wave, int(round(SAMPLE_RATE * speed)), SAMPLE_RATE)
     lead, tail = (int(x) for x in rng.uniform(0, 0.4, 2) * SAMPLE_RATE)
     wave = torch.cat([torch.zeros(lead), wave, torch.zeros(tail)])[: int(max_seconds * SAMPLE_RATE)]
+    if rng.random() < ROOM_SHARE:
+        wave = _room(wave, rng)
+    if rng.random() < MICROPHONE_SHARE:
+        wave = _microphone(wave, rng)
     power = float(wave.pow(2).mean()) + 1e-8
     if rng.random() < 0.5:
         snr_db = rng.uniform(10, 30)
@@ -181,6 +217,25 @@ def vary(wave: torch.Tensor, rng: np.random.Generator, max_seconds: float = 7.5)
     else:  # the quiet floor of a real recording under the padding
         wave = wave + torch.from_numpy(rng.normal(0, np.sqrt(power) * 1e-3, len(wave))).float()
     return wave * float(10 ** rng.uniform(-1, 0)) / max(1e-6, float(wave.abs().max()))
+
+
+def _room(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Reverberation: the clip convolved with a room's impulse response, decaying noise with RT60 0.15–0.7 s."""
+    rt60 = rng.uniform(0.15, 0.7)
+    t = torch.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+    response = torch.from_numpy(rng.normal(0, 1, len(t))).float() * torch.exp(-6.9 * t / rt60)
+    response[0] = 1.0 / rng.uniform(0.3, 1.0)  # the direct sound, against the echoes
+    wet = torchaudio.functional.fftconvolve(wave, response / response.norm())[: len(wave)]
+    return wet / max(1e-6, float(wet.abs().max())) * max(1e-6, float(wave.abs().max()))
+
+
+def _microphone(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A cheap microphone's or a telephone's band: low frequencies cut, high ones cut or sampled at 8 kHz."""
+    wave = torchaudio.functional.highpass_biquad(wave, SAMPLE_RATE, float(rng.uniform(80, 400)))
+    if rng.random() < 0.5:
+        narrow = resample(wave, SAMPLE_RATE, 8000)
+        return resample(narrow, 8000, SAMPLE_RATE)
+    return torchaudio.functional.lowpass_biquad(wave, SAMPLE_RATE, float(rng.uniform(3000, 7000)))
 
 
 def spec_augment(log_mel: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -202,11 +257,13 @@ def speech_losses(
     model: MModalModel, data: SpeechTrainingData, n: int, rng: np.random.Generator, config: TrainConfig, temperature
 ):
     """One step: CTC of the words (nothing, for wordless clips), and the audio embedding onto its text's."""
-    waves, lengths, targets, picks = data.batch(n, rng)
+    extras = config.speech_extras
+    waves, lengths, targets, picks = data.batch(n, rng, extras)
     device = model.device
     waves, lengths = waves.to(device), lengths.to(device)
     tower = model.audio_tower
-    tokens, mask = tower.encode_log_mel(spec_augment(tower.log_mel(waves, lengths), rng), lengths)
+    log_mel = tower.log_mel(waves, lengths)
+    tokens, mask = tower.encode_log_mel(spec_augment(log_mel, rng) if "augment" in extras else log_mel, lengths)
     log_probs = tower.word_log_probs(tokens)  # (B, T', 1 + V)
     flat = torch.tensor([w for t in targets for w in t], dtype=torch.long, device=device)
     ctc = F.ctc_loss(
@@ -216,6 +273,8 @@ def speech_losses(
         torch.tensor([len(t) for t in targets], device=device),
         zero_infinity=True,
     )
+    if "align" not in extras:
+        return {"ctc": ctc}
     spoken = picks >= 0
     audio_emb = model.audio_adapter(tokens[spoken.to(device)], mask[spoken.to(device)])
     text_emb = data.text_embeddings[picks[spoken]].to(device)
@@ -224,6 +283,51 @@ def speech_losses(
     scale = temperature.scale().detach()  # the text side's, as the reading stages left it
     align = contrastive_loss(audio_emb, text_emb, scale, same_text).loss + (1 - (audio_emb * text_emb).sum(-1)).mean()
     return {"ctc": ctc, "audio": config.audio_loss_weight * align}
+
+
+class ValidationClips:
+    """Spoken queries of a test split (voices training never heard), scored by greedy CTC word error rate."""
+
+    def __init__(self, folder: str | Path, limit: int = VALIDATION_CLIPS):
+        dataset = read_dataset(folder)
+        spoken = [q for q in dataset.queries if q.audio][:limit]
+        if not spoken:
+            raise ValueError(f"{folder} holds no spoken queries to validate on; make a test split with --speech")
+        self.waves = []
+        for query in spoken:
+            wave, rate = soundfile.read(dataset.root / query.audio, dtype="float32")
+            self.waves.append(preprocess_audio(torch.from_numpy(wave), rate, AudioEncoderConfig.max_seconds))
+        self.texts = [heard_words(q.transcript or q.text).split() for q in spoken]
+
+    @torch.no_grad()
+    def word_error_rate(self, tower: AudioEncoder, batch: int = 64) -> float:
+        device = tower.positions.device
+        was_training = tower.training
+        tower.eval()
+        errors = 0
+        for i in range(0, len(self.waves), batch):
+            waves = self.waves[i : i + batch]
+            lengths = torch.tensor([len(w) for w in waves])
+            padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+            tokens, mask = tower(padded.to(device), lengths.to(device))
+            heard = greedy_words(tower.word_log_probs(tokens), mask.sum(1), tower.config.vocabulary)
+            errors += sum(torchaudio.functional.edit_distance(t, h) for t, h in zip(self.texts[i : i + batch], heard))
+        tower.train(was_training)
+        return errors / sum(len(t) for t in self.texts)
+
+
+@lru_cache(maxsize=2)
+def validation_clips(folder: str) -> ValidationClips:
+    return ValidationClips(folder)
+
+
+def greedy_words(log_probs: torch.Tensor, lengths: torch.Tensor, vocabulary: tuple[str, ...]) -> list[list[str]]:
+    """Best-path CTC decoding: each clip's most likely token per step, repeats merged, blanks (0) dropped."""
+    out = []
+    for best, n in zip(log_probs.argmax(-1).tolist(), lengths.tolist()):
+        ids = best[:n]
+        out.append([vocabulary[k - 1] for j, k in enumerate(ids) if k and (j == 0 or ids[j - 1] != k)])
+    return out
 
 
 def wordless_audio(n: int, rng: np.random.Generator) -> list[torch.Tensor]:

@@ -63,6 +63,10 @@ class Stage(Protocol):
         temperature: Temperature,
     ) -> dict[str, torch.Tensor]: ...
 
+    def validate(self, model: MModalModel, config: TrainConfig) -> dict[str, float]:
+        """Figures on held-out data, logged every ``config.validate_every`` steps (none: nothing to hold out)."""
+        ...
+
 
 RECIPE_STAGES: dict[str, tuple[Stage, ...]] = {
     "shapes": (PerceptionStage(), ReadingStage(seen=False), ReadingStage(seen=True), SpeechStage()),
