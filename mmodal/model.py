@@ -123,6 +123,7 @@ class MModalModel(nn.Module, RetrievalModel):
         return self.config.embed_dim
 
     has_slots = True  # images become object slots: the late embedding is pooled from them, the reasoner re-ranks
+    identity_leaves_out = ("audio_tower.", "audio_adapter.")  # voice lands on the text space, which it never moves
 
     @property
     def input_size(self) -> int:

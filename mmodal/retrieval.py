@@ -39,12 +39,14 @@ class UnsupportedQueryError(TowerInputError):
     """The model cannot take this kind of query (e.g. a voice clip for an image–text model)."""
 
 
-def weights_hash(module: torch.nn.Module, settings: bytes = b"") -> str:
-    """A hash of every tensor in ``module``'s state, by name, and of the ``settings`` that change its vectors:
-    two models agree when both do."""
+def weights_hash(module: torch.nn.Module, settings: bytes = b"", leave_out: tuple[str, ...] = ()) -> str:
+    """A hash of every tensor in ``module``'s state, by name, but those under ``leave_out``, and of the
+    ``settings`` that change its vectors: two models agree when both do."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(settings)
     for name, tensor in sorted(module.state_dict().items()):
+        if name.startswith(leave_out):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -63,6 +65,9 @@ class RetrievalModel:
     slot_dim = 0
     transcribes = False
     vector_settings = b""  # settings besides the weights that change the vectors (input size, bridge, prompts)
+    # Modules that neither make an index's vectors nor read a typed query (a voice tower): a model retrained in
+    # them alone still reads the indexes of the model it came from.
+    identity_leaves_out: tuple[str, ...] = ()
 
     @property
     def model_name(self) -> str:
@@ -82,7 +87,7 @@ class RetrievalModel:
         """Name, a hash of every weight and the embedding size: what an index must agree with (hashed once)."""
         return ModelIdentity(
             name=self.model_name,
-            weights_hash=weights_hash(self, self.vector_settings),
+            weights_hash=weights_hash(self, self.vector_settings, self.identity_leaves_out),
             dim=self.embed_dim,
             slot_dim=self.slot_dim,
         )

@@ -216,3 +216,21 @@ def test_the_shipped_model_has_no_parameter_that_inference_never_uses(model, dat
     assert model.state_dict().keys() == load_file(str(resolve_model_path("shapes") / "model.safetensors")).keys() | {
         "language.lm_head.weight"  # tied to the token embedding, stored once
     }
+
+
+def test_a_retrained_voice_tower_keeps_the_identity_that_indexes_check(tiny_model):
+    def identity_after(change) -> str:
+        copy = MModalModel(tiny_model.config, tiny_model.tokenizer)
+        copy.load_state_dict(tiny_model.state_dict())
+        with torch.no_grad():
+            change(copy)
+        return copy.identity.weights_hash
+
+    unchanged = identity_after(lambda m: None)
+    assert unchanged == tiny_model.identity.weights_hash
+    # A new voice tower lands on the same text space: indexes of the model it came from stay readable.
+    assert identity_after(lambda m: m.audio_tower.norm.weight.add_(1.0)) == unchanged
+    assert identity_after(lambda m: m.audio_adapter.project.weight.add_(1.0)) == unchanged
+    # Anything that makes image vectors or reads typed queries is the model's identity.
+    assert identity_after(lambda m: m.slot_pooler.project.weight.add_(1.0)) != unchanged
+    assert identity_after(lambda m: m.text_adapter.project.weight.add_(1.0)) != unchanged
