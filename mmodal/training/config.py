@@ -10,9 +10,10 @@ from pathlib import Path
 # "shapes" the whole model from nothing; "language" the language half over the perception of init_from;
 # "speech" the audio tower over init_from.
 RECIPES = ("shapes", "language", "speech")
-# What the speech stage adds to the probe that first heard the words: "augment" (tempo, lead-in, noise, gain,
-# SpecAugment), "wordless" (clips that must transcribe as nothing), "align" (the audio embedding onto the text's),
-# "grouped" (batches of clips of about the same length). See mmodal.training.speech_recipe.
+# What the speech stage adds to the probe that first heard the words: "augment" (tempo, rooms, microphones,
+# noise, gain, SpecAugment), "wordless" (clips that must transcribe as nothing), "align" (the audio embedding
+# onto the text's, over the tower's tokens as the words made them), "grouped" (batches of clips of about the
+# same length). See mmodal.training.speech_recipe.
 SPEECH_EXTRAS = ("augment", "wordless", "align", "grouped")
 
 
@@ -44,7 +45,9 @@ class TrainConfig:
     parse_splice: float = 0.5  # share of those read with their words' contexts taken from a one-word variant
     answer_loss_weight: float = 1.0  # the answers' words, written by the core after the slot evidence
     audio_loss_weight: float = 1.0
-    speech_extras: tuple[str, ...] = SPEECH_EXTRAS  # what the speech stage adds to the probe (all by default)
+    # What the speech stage adds to its probe: what it needs to refuse wordless clips and to search by sound
+    # (augment and grouped slowed its learning at equal first weights: BENCHMARKS.md, "Voice search").
+    speech_extras: tuple[str, ...] = ("wordless", "align")
     speech_validation: str | None = None  # a spoken test split, scored (word error rate) every validate_every steps
     validate_every: int = 100  # steps between validations and lines of the run's curve.jsonl
     mine_every: int = 200  # steps between refreshes of model-mined hard negatives (reading stages)

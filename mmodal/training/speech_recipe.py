@@ -276,7 +276,8 @@ def speech_losses(
     if "align" not in extras:
         return {"ctc": ctc}
     spoken = picks >= 0
-    audio_emb = model.audio_adapter(tokens[spoken.to(device)], mask[spoken.to(device)])
+    # The embedding learns on what the words taught the tower, without pulling the tower's tokens its own way.
+    audio_emb = model.audio_adapter(tokens[spoken.to(device)].detach(), mask[spoken.to(device)])
     text_emb = data.text_embeddings[picks[spoken]].to(device)
     texts = [data.texts[p] for p in picks[spoken].tolist()]
     same_text = torch.tensor([[a == b for b in texts] for a in texts], device=device)
