@@ -2,11 +2,12 @@
 its "ked" diphone voice, an American English male), to measure voice search on voices of an unseen
 synthesizer. Needs Festival and the voice: `apt-get install festival festvox-kdlpc16k`.
 
-    python benchmarks/respeak.py SRC_DATASET_DIR OUT_DIR [--seed 7]
+    python benchmarks/respeak.py SRC_DATASET_DIR OUT_DIR [--seed 7] [--limit N]
 
 OUT becomes a copy of SRC in which every spoken query's WAV is replaced by Festival's reading of its text, at a
 speed drawn from ±25 % and with white noise at the SNR of the original record (10–30 dB); each query's ``voice``
-says so. Every other file is copied unchanged. Score it with `python benchmarks/speech_eval.py MODEL OUT_DIR`.
+says so; with ``--limit N`` only the first N spoken queries keep a clip. Every other file is copied unchanged.
+Score it with `python benchmarks/speech_eval.py MODEL OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("src")
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--limit", type=int, help="speak only the first N spoken queries")
     args = parser.parse_args()
     if shutil.which("text2wave") is None:
         raise SystemExit("Festival is not installed: apt-get install festival festvox-kdlpc16k")
@@ -55,6 +57,10 @@ def main() -> None:
     lines = [json.loads(line) for line in (src / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line]
     for number, query in enumerate(tqdm(lines, desc="festival", unit="query")):
         if not query.get("audio"):
+            continue
+        if args.limit is not None and number >= args.limit:
+            (out / query.pop("audio")).unlink()
+            query.pop("voice", None)
             continue
         rng = np.random.default_rng([args.seed, number])
         stretch = float(rng.uniform(0.8, 1.33))  # the spec's ±25 % in speed
