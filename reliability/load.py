@@ -99,17 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmodal.data.dataset import read_dataset
     from mmodal.data.generate import generate_shapes
-    from mmodal.shapes.speech import SYNTHESIZERS, SpeechSynthesisError, synthesizer_path
+    from mmodal.shapes.speech import can_speak
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    try:
-        for synthesizer in SYNTHESIZERS:
-            synthesizer_path(synthesizer)
-        speech = True
-    except SpeechSynthesisError:
-        speech = False
-    generate_shapes(out / "shapes", n=args.images, seed=31, split="test", with_speech=speech, n_queries=60)
+    generate_shapes(out / "shapes", n=args.images, seed=31, split="test", with_speech=can_speak(), n_queries=60)
     dataset = read_dataset(out / "shapes")
     subprocess.run(
         [sys.executable, "-m", "mmodal.cli", "index", str(out / "shapes" / "images"), "--index", str(out / "index")],

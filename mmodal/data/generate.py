@@ -142,8 +142,7 @@ def generate_shapes(
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     if with_speech:
-        for synthesizer in speech.SYNTHESIZERS:
-            speech.synthesizer_path(synthesizer)
+        speech.require_synthesizers()
     root = Path(out)
     (root / "images").mkdir(parents=True, exist_ok=True)
     for leftover in [*root.glob(".*.partial"), *root.glob("*/.*.partial")]:

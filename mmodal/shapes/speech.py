@@ -110,6 +110,13 @@ def synthesizer_path(name: str = "espeak-ng") -> str:
     return path
 
 
+def require_synthesizers() -> None:
+    """Raises a :class:`SpeechSynthesisError` saying how to install any synthesizer that spoken splits use and
+    that is missing."""
+    for name in SYNTHESIZERS:
+        synthesizer_path(name)
+
+
 def can_speak() -> bool:
     """Whether every synthesizer that spoken splits use is installed."""
     return all(shutil.which(name) for name in SYNTHESIZERS)
