@@ -30,7 +30,7 @@ class Transcript:
 
     @property
     def heard(self) -> bool:
-        """Whether the clip said words of the vocabulary clearly enough to search by them."""
+        """Whether the clip said words of the vocabulary clearly: every word at least ``MIN_CONFIDENCE``."""
         return bool(self.text) and self.confidence >= MIN_CONFIDENCE
 
     def summary(self) -> str:

@@ -51,6 +51,17 @@ class Parse:
     relation: torch.Tensor  # (P, R)
     count: torch.Tensor  # (P, max_count + 1)
 
+    @property
+    def asks_for_something(self) -> bool:
+        """Whether the query holds of some pictures and not of others: it counts, relates, or names a shape,
+        colour or size. "a", "an object" or "a picture" hold of every picture: they ask for nothing."""
+        for part, kind in enumerate(self.kinds):
+            if kind in ("count", "relation"):
+                return True
+            if kind == "object" and any(bool(p[part].argmax() != 0) for p in self.phrases["a"].values()):
+                return True
+        return False
+
 
 def reading_heads(config: ReasonerConfig) -> dict[str, int]:
     """A query's heads and their classes: part kind, relation, count and each role's phrase attributes."""

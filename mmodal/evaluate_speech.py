@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from mmodal.data.dataset import Dataset, QueryRecord
 from mmodal.model import MModalModel
-from mmodal.search import Query
+from mmodal.search import Query, searchable
 from mmodal.shapes.speech import heard_words
 
 BATCH = 64
@@ -40,7 +40,7 @@ def speech_metrics(
         progress = tqdm(batches, desc="transcribe", unit="batch", leave=False)
         transcripts = [t for batch in progress for t in model.transcribe(batch)]
     spoken_rankings = [
-        rank(Query(text=t.text)) if transcripts and t.heard else by_sound
+        rank(Query(text=t.text)) if transcripts and searchable(model, t) else by_sound
         for t, by_sound in zip(transcripts or [None] * len(spoken), sound)
     ]
 
@@ -61,7 +61,7 @@ def speech_metrics(
             "p@10": said["p@10"],
             "map": said["map"],
             **_word_errors(queries, heard),
-            "heard_share": round(float(np.mean([t.heard for t in heard])), 4),
+            "heard_share": round(float(np.mean([searchable(model, t) for t in heard])), 4),
             "confidence_median": round(float(np.median([t.confidence for t in heard])), 4),
         }
 

@@ -71,6 +71,12 @@ class SearchResult:
         }
 
 
+def searchable(model: MModalModel, transcript: Transcript) -> bool:
+    """Whether a spoken query is searched by its words: heard clearly, and asking for something the pictures can
+    show. A few clear function words ("a", "the") are what speech in other languages often sounds like."""
+    return transcript.heard and model.read_queries([transcript.text])[0].asks_for_something
+
+
 class Searcher:
     """A model and an index that agree with each other."""
 
@@ -86,7 +92,7 @@ class Searcher:
         if query.audio is None or not self.model.transcribes:
             return query, None
         transcript = self.model.transcribe([query.audio])[0]
-        if query.text is None and transcript.heard:
+        if query.text is None and searchable(self.model, transcript):
             return replace(query, text=transcript.text, audio=None), transcript
         return query, transcript
 
@@ -101,6 +107,11 @@ class Searcher:
             return (
                 "heard no query words in the clip (is it speech, in English?); searched by its sound instead: "
                 "record it again or type the query"
+            )
+        if transcript.heard:  # clearly, yet it was not searched by its words: they ask for nothing
+            return (
+                f'heard "{transcript.text}", which names nothing to look for (is it speech, in English?); searched by '
+                "its sound instead: say what the pictures show, or type it"
             )
         return (
             f'unsure of what the clip says (heard "{transcript.text}", confidence {transcript.confidence:.0%}); '

@@ -172,3 +172,17 @@ def test_the_speech_stage_as_its_probe_logs_its_word_error_rate_on_held_out_voic
     assert [line["step"] for line in lines] == [2, 4]
     assert all(set(line) == {"step", "stage", "ctc", "wer"} for line in lines)  # no embedding loss: as the probe
     assert all(line["wer"] >= 0.5 for line in lines)  # four steps hear next to nothing
+
+
+def test_clear_words_that_ask_for_nothing_are_searched_by_sound_and_said_so(model):
+    from encoders.transcribe import Transcript
+    from mmodal.search import Query, Searcher, searchable
+
+    # Speech in another language often comes out as a few clear function words: they hold of every picture.
+    for words in ("a", "the", "an object", "a picture"):
+        assert not searchable(model, Transcript(words, 0.98)), words
+    for words in ("a yellow circle", "two objects", "big", "a red circle left of a blue square"):
+        assert searchable(model, Transcript(words, 0.98)), words
+    assert not searchable(model, Transcript("a yellow circle", MIN_CONFIDENCE / 2))
+    message = Searcher.doubt(Transcript("a", 0.98), Query(audio=(_tone(), 16_000)))
+    assert message.startswith('heard "a", which names nothing to look for') and "searched by its sound" in message
