@@ -49,7 +49,7 @@ from mmodal.training.slot_batches import load_towers
 log = logging.getLogger(__name__)
 
 SPEECH_MODULES = ("audio_tower.", "audio_adapter.")
-SPEECH_AUDIO = {"width": 192, "num_layers": 4, "num_heads": 4}  # the size that heard test voices best
+SPEECH_AUDIO = {"width": 192, "num_layers": 4, "num_heads": 4, "block": "conformer"}  # BENCHMARKS.md
 SPEEDS = (0.9, 0.95, 1.0, 1.0, 1.05, 1.1)  # tempo factors; ratios of small integers resample quickly
 WORDLESS_SHARE = 0.1  # share of each batch that holds no query word
 ROOM_SHARE = 0.3  # share of varied clips heard in a reverberant room
@@ -128,8 +128,10 @@ class SpeechStage:
 
 
 def speech_audio(base, vocabulary: tuple[str, ...], tiny: bool = False):
-    """``base`` (an audio config) at the size that transcribes, hearing ``vocabulary``."""
-    return replace(base, **({} if tiny else SPEECH_AUDIO), vocabulary=tuple(vocabulary))
+    """``base`` (an audio config) at the size that transcribes (a tiny model keeps its size), hearing
+    ``vocabulary``."""
+    sizes = {"block": SPEECH_AUDIO["block"]} if tiny else SPEECH_AUDIO
+    return replace(base, **sizes, vocabulary=tuple(vocabulary))
 
 
 class SpeechTrainingData:
