@@ -7,27 +7,26 @@ import os
 import threading
 from pathlib import Path
 
-from indexes.collection import ImageIndex
 from indexes.errors import IndexBusyError
-from indexes.manifest import MANIFEST_FILE
+from indexes.folders import open_index, recorded_model, remodel_empty
 from mmodal.loading import index_model_name, load_model
 from mmodal.pipeline import IndexSummary, index_collection
-from mmodal.retrieval import RetrievalModel
+from mmodal.retrieval import Model
 from mmodal.search import Query, Searcher, SearchResult
 
 
 class Collection:
     """The model and the index the app serves; the index is reopened after each indexing run."""
 
-    def __init__(self, index_dir: str | os.PathLike, model: RetrievalModel):
+    def __init__(self, index_dir: str | os.PathLike, model: Model):
         self.index_dir = Path(index_dir).resolve()
         self.model = model
         self._searcher: Searcher | None = None
         self._swap = threading.Lock()
         self._indexing = threading.Lock()
-        if not (self.index_dir / MANIFEST_FILE).is_file():
+        if recorded_model(self.index_dir) is None:
             # An empty index, so the app starts and folders can be added from the Index tab.
-            ImageIndex.open_for_writing(self.index_dir, model.identity, model_source=model.source or "").close()
+            open_index(self.index_dir, "w", model.identity, model_source=model.source or "").close()
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, model_name: str | None = None) -> Collection:
@@ -42,7 +41,7 @@ class Collection:
             raise IndexBusyError("the index is being updated; wait for that run to finish")
         try:
             model = load_model(name)
-            ImageIndex.remodel_empty(self.index_dir, model.identity, model_source=model.source or "")
+            remodel_empty(self.index_dir, model.identity, model_source=model.source or "")
             with self._swap:
                 self.model, self._searcher = model, None
         finally:
@@ -51,7 +50,7 @@ class Collection:
     def searcher(self) -> Searcher:
         with self._swap:
             if self._searcher is None:
-                self._searcher = Searcher(self.model, ImageIndex.open(self.index_dir))
+                self._searcher = Searcher(self.model, open_index(self.index_dir))
             return self._searcher
 
     def path_of(self, item_id: int) -> str | None:

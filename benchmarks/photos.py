@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from indexes.folders import open_index
 from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
-from mmodal.loading import load_model, open_index
+from mmodal.loading import load_model
 from mmodal.pipeline import index_collection
 from mmodal.search import Query, Searcher
 
@@ -31,7 +32,7 @@ def main() -> None:
             model = load_model(name)
             folder = Path(tmp) / f"index-{abs(hash(name))}"
             summary = index_collection(model, [photos], folder, show_progress=False)
-            index, _ = open_index(folder, name)
+            index = open_index(folder, model=model.identity)
             searcher = Searcher(model, index)
             found = 0
             print(f"## {name}: {summary.indexed} photos indexed")

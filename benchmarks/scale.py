@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from indexes import vectors as index_vectors
-from indexes.collection import ImageIndex
+from indexes.folders import open_index
 from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
-from indexes.shards import ShardedIndex
 
 TARGETS = {"100M": 100_000_000, "1B": 1_000_000_000}
 IVF_NLIST = 1024
@@ -121,7 +120,7 @@ def metadata_bytes_per_image(dim: int, slot_dim: int, n: int = 5000) -> float:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         model = ModelIdentity("shapes", "0" * 32, dim, slot_dim)
-        with ImageIndex.open_for_writing(Path(tmp) / "index", model, factory="Flat") as index:
+        with open_index(Path(tmp) / "index", "w", model, factory="Flat") as index:
             for start in range(0, n, 500):
                 index.write_batch(items[start : start + 500])
         files = [p for p in (Path(tmp) / "index").iterdir() if p.name.startswith("metadata")]
@@ -138,10 +137,10 @@ def merge_ms(dim: int, n_shards: int, queries: np.ndarray) -> float:
             NewItem(f"/p/{i}.jpg", f"{rng.integers(2**62):016x}", 1, 1, 8, 8, "JPEG", v)
             for i, v in enumerate(unit_vectors(20 * n_shards, dim, 4))
         ]
-        with ShardedIndex.open_for_writing(Path(tmp) / "s", model, n_shards, factory="Flat") as sharded:
+        with open_index(Path(tmp) / "s", "w", model, shards=n_shards, factory="Flat") as sharded:
             sharded.write_batch(items)
             sharded.sync()
-        with ShardedIndex.open(Path(tmp) / "s", model) as sharded:
+        with open_index(Path(tmp) / "s", model=model) as sharded:
             sharded.search(queries[:1], 10)
             times = []
             for q in queries:

@@ -20,8 +20,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexes.collection import ImageIndex
+from indexes.folders import open_index
 from indexes.metadata import NewItem
+from indexes.protocol import Index
 from mmodal.model import MModalModel
 from mmodal.search import RERANK_TOP, Query, Searcher
 from mmodal.shapes.world import sample_scene
@@ -48,7 +49,7 @@ def scene_slots(model: MModalModel, count: int, rng: np.random.Generator) -> lis
     return [r[r[:, 0] > 0] for r in rows]
 
 
-def fill(index: ImageIndex, n: int, dim: int, centres: np.ndarray, slots: list, rng: np.random.Generator) -> np.ndarray:
+def fill(index: Index, n: int, dim: int, centres: np.ndarray, slots: list, rng: np.random.Generator) -> np.ndarray:
     kept = []
     for start in range(0, n, 20_000):
         vecs = clustered_vectors(min(20_000, n - start), dim, rng, centres)
@@ -66,14 +67,14 @@ def run(size: int, model: MModalModel, queries: int, rng: np.random.Generator) -
     centres = rng.standard_normal((2000, dim)).astype(np.float32)
     folder = Path(tempfile.mkdtemp(prefix="mmodal-bench-search-"))
     try:
-        with ImageIndex.open_for_writing(folder, identity) as index:
+        with open_index(folder, "w", identity) as index:
             start = time.perf_counter()
             data = fill(index, size, dim, centres, scene_slots(model, 2000, rng), rng)
             store_seconds = time.perf_counter() - start
             start = time.perf_counter()
             index.sync()
             build_seconds = time.perf_counter() - start
-        index = ImageIndex.open(folder, identity)
+        index = open_index(folder, model=identity)
         searcher = Searcher(model, index)
         latencies: dict[bool, list[float]] = {False: [], True: []}
         for rerank in (False, True) if model.has_slots else (False,):

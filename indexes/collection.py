@@ -159,7 +159,7 @@ class ImageIndex:
         """Gives an index that holds no image another model: its files go and it starts afresh. Refused when it
         holds images, whose vectors only the model that made them can search."""
         folder = Path(folder)
-        with cls.open_for_writing(folder, recorded_model(folder).model) as index:
+        with cls.open_for_writing(folder, recorded_manifest(folder).model) as index:
             held = index.count()
             if held:
                 raise ModelMismatchError(
@@ -176,10 +176,7 @@ class ImageIndex:
         folder = Path(folder)
         if not (folder / MANIFEST_FILE).is_file():
             if (folder / SHARDS_FILE).is_file():
-                raise IndexNotFoundError(
-                    f"{folder} is a sharded index: `mmodal index` and `mmodal search` take it whole; for the rest, "
-                    f"name one shard's folder ({folder}/shard-000, …)"
-                )
+                raise IndexNotFoundError(f"{folder} is a sharded index: open it with indexes.folders.open_index")
             raise IndexNotFoundError(
                 f"no mmodal index in {folder}: build one with `mmodal index PATH --index {folder}`"
             )
@@ -319,29 +316,7 @@ class ImageIndex:
 
     def near_duplicates(self, threshold: float, neighbours: int = 10) -> list[list[ItemInfo]]:
         """Groups of images whose embeddings are at least ``threshold`` cosine-similar (connected pairs)."""
-        parent: dict[int, int] = {}
-
-        def root(i: int) -> int:
-            while parent.get(i, i) != i:
-                i = parent[i]
-            return i
-
-        for ids, vecs in self.store.vectors():
-            scores, found = self.index.search(vecs, min(neighbours + 1, max(1, self.index.ntotal)))
-            for a, row_scores, row_ids in zip(ids, scores, found):
-                for s, b in zip(row_scores, row_ids):
-                    if b >= 0 and b != a and s >= threshold:
-                        ra, rb = root(int(a)), root(int(b))
-                        if ra != rb:
-                            parent[max(ra, rb)] = min(ra, rb)
-        groups: dict[int, list[int]] = {}
-        for i in parent:
-            groups.setdefault(root(i), []).append(i)
-        for r in list(groups):
-            if r not in groups[r]:
-                groups[r].append(r)
-        infos = self.store.items([i for members in groups.values() for i in members])
-        return [sorted((infos[i] for i in members if i in infos), key=lambda x: x.id) for members in groups.values()]
+        return group_near_duplicates(self.search, self.store.vectors(), threshold, neighbours)
 
     def count(self) -> int:
         """Distinct images stored (copies of one picture count once)."""
@@ -366,6 +341,36 @@ class ImageIndex:
         }
 
 
+def group_near_duplicates(
+    search: Callable[[np.ndarray, int], list[list[Hit]]],
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    threshold: float,
+    neighbours: int,
+) -> list[list[ItemInfo]]:
+    """Connected groups of images at least ``threshold`` cosine-similar: every image's ``neighbours`` nearest,
+    found by the index's own ``search``, for ``batches`` of (ids, vectors) that cover the index."""
+    parent: dict[int, int] = {}
+    infos: dict[int, ItemInfo] = {}
+
+    def root(i: int) -> int:
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    for ids, vecs in batches:
+        for a, hits in zip(ids.tolist(), search(vecs, neighbours + 1)):
+            for hit in hits:
+                infos[hit.item.id] = hit.item
+                if hit.item.id != a and hit.score >= threshold:
+                    ra, rb = root(a), root(hit.item.id)
+                    if ra != rb:
+                        parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, set[int]] = {}
+    for i in parent:
+        groups.setdefault(root(i), {root(i)}).add(i)
+    return [sorted((infos[i] for i in members if i in infos), key=lambda x: x.id) for members in groups.values()]
+
+
 FEW_QUERIES = 8
 
 
@@ -382,7 +387,7 @@ def _search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray
         faiss.omp_set_num_threads(threads)
 
 
-def recorded_model(folder: str | os.PathLike) -> Manifest | None:
+def recorded_manifest(folder: str | os.PathLike) -> Manifest | None:
     """The manifest of the index in ``folder`` (rebuilt from the metadata store's record when it is damaged),
     for the model that built it; None when the folder holds no index."""
     folder = Path(folder)

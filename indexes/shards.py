@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from indexes.atomic import write_json
-from indexes.collection import SHARDS_FILE, Hit, ImageIndex
+from indexes.collection import SHARDS_FILE, Hit, ImageIndex, group_near_duplicates
 from indexes.errors import IndexNotFoundError, ModelMismatchError
 from indexes.manifest import Manifest, ModelIdentity
-from indexes.metadata import NewItem
+from indexes.metadata import ItemInfo, NewItem
 
 
 def shard_of(content_hash: str, n_shards: int) -> int:
@@ -121,19 +121,25 @@ class ShardedIndex:
 
     def write_batch(self, new_items: Sequence[NewItem] = (), relinked=(), skipped=()) -> list[int]:
         """Stores new images, each in its shard, copies of held ones beside them and skipped files in the shard
-        their path picks (see :meth:`ImageIndex.write_batch`); returns the outside ids of the images added."""
+        their path picks (see :meth:`ImageIndex.write_batch`); returns the outside ids of the images added, in
+        the order of ``new_items``."""
         n = len(self.shards)
         parts: dict[int, tuple[list, list, list]] = {s: ([], [], []) for s in range(n)}
-        for item in new_items:
-            parts[shard_of(item.content_hash, n)][0].append(item)
+        order: dict[int, list[int]] = {s: [] for s in range(n)}
+        for position, item in enumerate(new_items):
+            shard = shard_of(item.content_hash, n)
+            parts[shard][0].append(item)
+            order[shard].append(position)
         for path, item_id, size, mtime_ns in relinked:
             parts[int(item_id) % n][1].append((path, int(item_id) // n, size, mtime_ns))
         for entry in skipped:
             parts[shard_of(entry[0], n)][2].append(entry)
-        ids = []
+        ids = [0] * len(new_items)
         for shard, (items, links, skips) in parts.items():
             if items or links or skips:
-                ids.extend(self._outside(shard, i) for i in self.shards[shard].write_batch(items, links, skips))
+                added = self.shards[shard].write_batch(items, links, skips)
+                for position, item_id in zip(order[shard], added):
+                    ids[position] = self._outside(shard, item_id)
         return ids
 
     def item_for_hash(self, content_hash: str) -> int | None:
@@ -197,16 +203,38 @@ class ShardedIndex:
     def vectors_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         return self._routed(ids, ImageIndex.vectors_for)
 
+    def path_of(self, item_id: int) -> str | None:
+        n = len(self.shards)
+        return self.shards[int(item_id) % n].path_of(int(item_id) // n)
+
+    def near_duplicates(self, threshold: float, neighbours: int = 10) -> list[list[ItemInfo]]:
+        """Groups of near-duplicate images over all shards: copies of a picture with different bytes have
+        different content hashes, so they may lie in different shards."""
+        batches = (
+            (np.asarray([self._outside(number, i) for i in ids.tolist()]), vecs)
+            for number, shard in enumerate(self.shards)
+            for ids, vecs in shard.store.vectors()
+        )
+        return group_near_duplicates(self.search, batches, threshold, neighbours)
+
     def count(self) -> int:
         return sum(shard.count() for shard in self.shards)
+
+    def stats(self) -> dict:
+        """The shards' figures summed, with each shard's images under "shard_images"."""
+        per_shard = [shard.stats() for shard in self.shards]
+        summed = ("images", "files", "searchable", "skipped", "bytes_on_disk", "index_file_bytes")
+        return {
+            **per_shard[0],
+            **{key: sum(s[key] for s in per_shard) for key in summed},
+            "folder": str(self.folder),
+            "shards": len(self.shards),
+            "shard_images": [s["images"] for s in per_shard],
+        }
 
     @property
     def searchable(self) -> int:
         return sum(shard.searchable for shard in self.shards)
-
-    def counts(self) -> list[int]:
-        """Images in each shard."""
-        return [shard.count() for shard in self.shards]
 
     # ------------------------------------------------------------------------------------------- ids
 

@@ -109,11 +109,9 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _open_searcher(args: argparse.Namespace):
-    from mmodal.loading import open_index
     from mmodal.search import Searcher
 
-    index, model = open_index(args.index, args.model, allow_download=args.allow_download)
-    return Searcher(model, index)
+    return Searcher.open(args.index, args.model, allow_download=args.allow_download)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -189,9 +187,9 @@ def _ask(args: argparse.Namespace) -> int:
 def _dedup(args: argparse.Namespace) -> int:
     import json
 
-    from indexes.collection import ImageIndex
+    from indexes.folders import open_index
 
-    with ImageIndex.open(args.index) as index:
+    with open_index(args.index) as index:
         groups = index.near_duplicates(args.threshold)
     if args.json:
         print(json.dumps([[p for item in group for p in item.paths] for group in groups], indent=2))
@@ -205,9 +203,9 @@ def _dedup(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from indexes.collection import ImageIndex
+    from indexes.folders import open_index
 
-    with ImageIndex.open(args.index) as index:
+    with open_index(args.index) as index:
         stats = index.stats()
         if args.skipped:
             stats["skipped_files"] = [{"path": p, "reason": r} for p, r in index.skipped()]

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from indexes.collection import ImageIndex
+from indexes.folders import open_index
 from indexes.metadata import NewItem, present_slots
 from mmodal.data.dataset import Dataset
 from mmodal.evaluate_speech import speech_metrics
@@ -191,7 +191,7 @@ class _Ranker:
 
     def __init__(self, model, dataset: Dataset, image_emb, slots, folder: Path, rerank_top: int):
         sizes = [Image.open(dataset.image_path(r)).size for r in dataset.images]
-        with ImageIndex.open_for_writing(folder, model.identity) as writer:
+        with open_index(folder, "w", model.identity) as writer:
             ids = writer.write_batch(
                 [
                     NewItem(
@@ -210,7 +210,7 @@ class _Ranker:
             )
             writer.sync()
         self.row_of = {item_id: row for row, item_id in enumerate(ids)}
-        self.index = ImageIndex.open(folder, model.identity)
+        self.index = open_index(folder, model=model.identity)
         self.searcher = Searcher(model, self.index)
         self.rerank_top = rerank_top
         self.n = len(ids)

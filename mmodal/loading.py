@@ -1,4 +1,4 @@
-"""Which model a name means, and opening an index with the model that built it.
+"""Which model a name means, and which model built an index.
 
 Model names (``--model`` everywhere):
 
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from indexes.collection import ImageIndex, recorded_model
-from indexes.shards import ShardedIndex, is_sharded, shard_folder
+from indexes.folders import recorded_model
 from mmodal.model import DEFAULT_MODEL, MModalModel, resolve_model_path
 from mmodal.pretrained import CONFIG_FILE, CONSE_KIND, ClipModel, ConSEConfig, ConSEModel, build_conse_model
 
@@ -66,18 +65,6 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu", allo
             return MModalModel.from_pretrained(name, device)
     model.source = name
     return model
-
-
-def open_index(index_dir: str | os.PathLike, model: str | None = None, allow_download: bool = False):
-    """An index and the model to search it with: ``model`` when given, else the one that built the index."""
-    sharded = is_sharded(index_dir)
-    index = ShardedIndex.open(index_dir) if sharded else ImageIndex.open(index_dir)
-    try:
-        recorded = index_model_name(shard_folder(Path(index_dir), 0) if sharded else index_dir)
-        return index, load_model(model or recorded, allow_download=allow_download)
-    except BaseException:
-        index.close()
-        raise
 
 
 def index_model_name(index_dir: str | os.PathLike) -> str | None:

@@ -251,9 +251,7 @@ class MModalModel(nn.Module, RetrievalModel):
     def transcribe(self, clips: Sequence[tuple[np.ndarray | torch.Tensor, int]]) -> list[Transcript]:
         """(waveform, sample_rate) pairs → what each says, in the audio tower's vocabulary, with confidences."""
         if not self.transcribes:
-            raise TowerInputError(
-                f"model {self.config.name!r} does not transcribe speech; train one with `mmodal train --recipe speech`"
-            )
+            return super().transcribe(clips)
         waves, lengths = self.preprocess_audio(clips)
         tokens, mask = self.audio_tower(waves, lengths)
         if self._word_decoder is None:
@@ -273,6 +271,10 @@ class MModalModel(nn.Module, RetrievalModel):
         ids, mask = self.tokenize(texts)
         tokens, _ = self.text_tokens(ids, mask)
         return self.embed_text_tokens(tokens, mask, normalize=normalize), self.reasoner.read(tokens, mask)
+
+    def slot_boxes(self, slots: torch.Tensor) -> torch.Tensor:
+        """Slots (…, slot_dim) → their boxes (…, 3): centre x, centre y and diameter over the picture's width."""
+        return slots[..., self.slot_encoder.layout.position]
 
     @torch.inference_mode()
     def decide(self, parse: Parse, slots: torch.Tensor) -> Decision:

@@ -20,12 +20,12 @@ import torch
 from tqdm import tqdm
 
 from encoders.pixels import letterbox_frame
-from indexes.collection import ImageIndex
+from indexes.folders import open_index
 from indexes.metadata import NewItem, present_slots
-from indexes.shards import ShardedIndex, recorded_shards
+from indexes.protocol import Index
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
-from mmodal.retrieval import RetrievalModel
+from mmodal.retrieval import Model
 from mmodal.workers import worker_pool
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def default_workers() -> int:
 
 
 def index_collection(
-    model: RetrievalModel,
+    model: Model,
     roots: Iterable[str | os.PathLike],
     index_dir: str | os.PathLike,
     *,
@@ -101,13 +101,7 @@ def index_collection(
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     started = time.perf_counter()
     summary = IndexSummary()
-    shards = shards or recorded_shards(index_dir)
-    if shards and shards > 1:
-        opened = ShardedIndex.open_for_writing(index_dir, model.identity, shards, factory, model.source or "")
-    else:
-        opened = ImageIndex.open_for_writing(
-            index_dir, model.identity, factory=factory, model_source=model.source or ""
-        )
+    opened = open_index(index_dir, "w", model.identity, shards=shards, factory=factory, model_source=model.source or "")
     with opened as index:
         roots = [os.path.abspath(os.fspath(r)) for r in roots] or index.roots()
         if not roots:
@@ -136,7 +130,7 @@ def index_collection(
     return summary
 
 
-def _changed_files(index: ImageIndex, roots: list[str], summary: IndexSummary) -> list[str]:
+def _changed_files(index: Index, roots: list[str], summary: IndexSummary) -> list[str]:
     """Walks the roots; returns the files that are new or changed since they were last seen."""
     pending = []
     walk_errors: list[tuple[str, str]] = []
@@ -161,8 +155,8 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _encode_files(
-    model: RetrievalModel,
-    index: ImageIndex,
+    model: Model,
+    index: Index,
     paths: list[str],
     summary: IndexSummary,
     batch_size: int,
@@ -213,7 +207,7 @@ def _encode_files(
         progress.close()
 
 
-def _new_items(model: RetrievalModel, files: list[DecodedFile | NewItem]) -> list[NewItem]:
+def _new_items(model: Model, files: list[DecodedFile | NewItem]) -> list[NewItem]:
     """The batch as NewItems, in order: decoded files encoded now, encoded ones as they are."""
     decoded = [f for f in files if isinstance(f, DecodedFile)]
     if not decoded:
@@ -246,7 +240,7 @@ def _decoded_locally(paths: list[str], image_size: int, batch_size: int, workers
                 future.cancel()
 
 
-def _encoded_on_ray(model: RetrievalModel, index: ImageIndex, paths: list[str], batch_size: int, address):
+def _encoded_on_ray(model: Model, index: Index, paths: list[str], batch_size: int, address):
     from mmodal.ray_engine import encode_with_ray
 
     if not model.source:
@@ -256,7 +250,7 @@ def _encoded_on_ray(model: RetrievalModel, index: ImageIndex, paths: list[str], 
     )
 
 
-def _remove_vanished(index: ImageIndex, roots: list[str]) -> int:
+def _remove_vanished(index: Index, roots: list[str]) -> int:
     """Forgets files under the roots that are gone from disk; returns how many."""
     gone = [p for root in roots for p in index.paths_under(root) if not os.path.exists(p)]
     if gone:

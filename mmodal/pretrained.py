@@ -1,7 +1,7 @@
 """Models on pretrained weights, for real photos: ConSE models (an ImageNet classifier bridged to a sentence
 encoder, like the embedded ``photos`` model) and CLIP or SigLIP folders loaded through transformers.
 
-Each implements :class:`mmodal.retrieval.RetrievalModel`, so indexing, search and the web app use them as they
+Each implements :class:`mmodal.retrieval.Model`, so indexing, search and the web app use them as they
 use the Shapes model. None of them has object slots: they rank by embedding alone, and answer only what they
 can ("what is in this picture?" from a classifier's top classes).
 """
@@ -33,7 +33,7 @@ from encoders.pixels import letterboxed_batch
 from encoders.sentence import SentenceEncoder
 from fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts
 from indexes.atomic import replace_folder
-from mmodal.retrieval import RetrievalModel, checked_texts
+from mmodal.retrieval import RetrievalModel, UnsupportedQueryError, checked_texts
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,10 @@ class ConSEModel(nn.Module, RetrievalModel):
 
     @torch.inference_mode()
     def top_classes(self, images: Sequence[Image.Image], n: int = 5) -> list[list[tuple[str, float]]]:
-        """Each picture's ``n`` likeliest classes (their first name) with their probabilities."""
+        """Each picture's ``n`` likeliest classes (all, when it knows fewer) with their probabilities."""
         pixels, _ = _letterboxed(images, self.input_size)
-        probabilities, classes = self.class_logits(pixels).float().softmax(-1).topk(n, dim=-1)
+        logits = self.class_logits(pixels).float()
+        probabilities, classes = logits.softmax(-1).topk(min(n, logits.shape[-1]), dim=-1)
         names = [s.split(",")[0].strip() for s in self.config.class_names]
         return [
             [(names[c], float(p)) for p, c in zip(row_p.tolist(), row_c.tolist())]
@@ -315,7 +316,7 @@ class ClipModel(nn.Module, RetrievalModel):
         return self._features(self.model.get_text_features(**inputs))
 
     def ask(self, images, questions, alternatives: int = 3):
-        raise TowerInputError(
+        raise UnsupportedQueryError(
             f"model {self.name!r} embeds images and texts for search but does not answer questions; "
             "ask with the shapes model, or ask the photos model what a photo shows"
         )

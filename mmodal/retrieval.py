@@ -1,4 +1,5 @@
-"""The one interface every model offers to indexing, search and the web app, and the identity an index keeps.
+"""The one interface every model offers to indexing, search and the web app (:class:`Model`), and the identity
+an index keeps.
 
 ``MModalModel`` (the Shapes architecture) and the models built on pretrained weights (``mmodal.pretrained``:
 the embedded ``photos`` model, CLIP and SigLIP folders, timm Swin classifiers) all implement it, so that
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from functools import cached_property
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,15 +54,81 @@ def weights_hash(module: torch.nn.Module, settings: bytes = b"", leave_out: tupl
     return digest.hexdigest()
 
 
-class RetrievalModel:
-    """Images and texts (and, where the model hears, voice clips) in one L2-normalised space.
+@runtime_checkable
+class Model(Protocol):
+    """What indexing, search, questions and the web app ask of a model: images and texts (and, where the model
+    hears, voice clips) in one L2-normalised space.
 
     Indexing decodes each file to letterboxed uint8 pixels at ``input_size`` (``encoders.pixels``) and calls
     ``encode_pixels``; search embeds its query with ``encode_text``, ``encode_image`` and ``encode_audio``.
-    Models with object slots (``has_slots``) also re-rank and answer from them; the others say what they can do.
+    Models with object slots (``has_slots``) also re-rank (``encode_and_read``, ``decide``, ``slot_boxes``) and
+    answer from them; the others refuse what they cannot do with :class:`UnsupportedQueryError`.
+    ``tests/test_protocols.py`` checks every implementation against it.
     """
 
-    source: str | None = None  # what loads the model again: an embedded name, a folder, or "clip:PATH"…
+    source: str | None  # what loads the model again: an embedded name, a folder, or "clip:PATH"…
+    has_slots: bool
+    slot_dim: int
+    transcribes: bool
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    @property
+    def input_size(self) -> int:
+        """Side of the letterboxed square that ``encode_pixels`` reads."""
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """What an index must agree with: name, a hash of the weights, the vector and slot sizes."""
+
+    def encode_pixels(self, pixels: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Letterboxed uint8 pixels (B, 3, S, S) and each picture's frame in its square (B, 4) → float32
+        embeddings (B, D) and, for a model with slots, the slots (B, N, slot_dim) with absent rows zero."""
+
+    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images → (B, D) embeddings."""
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts → (B, D) embeddings."""
+
+    def encode_audio(self, clips) -> torch.Tensor:
+        """Voice clips, (waveform, sample rate) each → (B, D) embeddings of their sound."""
+
+    def transcribe(self, clips) -> list:
+        """Voice clips → what each says (:class:`encoders.transcribe.Transcript`)."""
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` the model never learned to read (none for a model that reads any text)."""
+
+    @property
+    def rescores_text_hits(self) -> bool:
+        """Whether text searches re-score their candidates with :meth:`rescore_text_hits`."""
+
+    def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Scores for a text query's candidates (K,), given their cosine ``scores`` and stored ``vectors`` (K, D)."""
+
+    def encode_and_read(self, texts: Sequence[str]) -> tuple[torch.Tensor, list]:
+        """Texts → (B, D) embeddings and the slot reasoner's reading of each (models with slots)."""
+
+    def decide(self, parse, slots: torch.Tensor):
+        """One reading against K images' slots (K, N, slot_dim) → whether it holds of each, and which slots."""
+
+    def slot_boxes(self, slots: torch.Tensor) -> torch.Tensor:
+        """Slots (…, slot_dim) → their boxes (…, 3): centre x, centre y and diameter as fractions of the width."""
+
+    def ask(self, images: Sequence[Image.Image], questions: Sequence[str], alternatives: int = 3) -> list:
+        """Each question about its image → an answer (``mmodal.model.Answer``) with its confidence."""
+
+
+class RetrievalModel:
+    """What every :class:`Model` implementation shares: the identity an index checks, and the refusals of what
+    a model cannot do."""
+
+    source: str | None = None
     has_slots = False
     slot_dim = 0
     transcribes = False
@@ -68,19 +136,6 @@ class RetrievalModel:
     # Modules that neither make an index's vectors nor read a typed query (a voice tower): a model retrained in
     # them alone still reads the indexes of the model it came from.
     identity_leaves_out: tuple[str, ...] = ()
-
-    @property
-    def model_name(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def embed_dim(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def input_size(self) -> int:
-        """Side of the letterboxed square that ``encode_pixels`` reads."""
-        raise NotImplementedError
 
     @cached_property
     def identity(self) -> ModelIdentity:
@@ -92,33 +147,31 @@ class RetrievalModel:
             slot_dim=self.slot_dim,
         )
 
-    def encode_pixels(self, pixels: torch.Tensor, frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Letterboxed uint8 pixels (B, 3, S, S) and each picture's frame in its square (B, 4) → float32
-        embeddings (B, D) and, for a model with slots, the slots (B, N, slot_dim) with absent rows zero."""
-        raise NotImplementedError
-
-    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images → (B, D) embeddings."""
-        raise NotImplementedError
-
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Texts → (B, D) embeddings."""
-        raise NotImplementedError
-
     @property
     def rescores_text_hits(self) -> bool:
-        """Whether text searches re-score their candidates with :meth:`rescore_text_hits`."""
         return False
 
     def rescore_text_hits(self, scores: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores for a text query's candidates (K,), given their cosine ``scores`` and stored ``vectors`` (K, D)."""
-        raise NotImplementedError
+        return scores
 
     def unknown_words(self, text: str) -> list[str]:
-        """The words of ``text`` the model never learned to read (none for a model that reads any text)."""
         return []
 
     def encode_audio(self, clips) -> torch.Tensor:
         raise UnsupportedQueryError(
             f"model {self.model_name!r} does not take voice queries; search by text or image, or use the `shapes` model"
         )
+
+    def transcribe(self, clips) -> list:
+        raise UnsupportedQueryError(
+            f"model {self.model_name!r} does not transcribe speech; train one with `mmodal train --recipe speech`"
+        )
+
+    def encode_and_read(self, texts: Sequence[str]) -> tuple[torch.Tensor, list]:
+        raise UnsupportedQueryError(f"model {self.model_name!r} has no object slots to re-rank by; search without it")
+
+    def decide(self, parse, slots: torch.Tensor):
+        raise UnsupportedQueryError(f"model {self.model_name!r} has no object slots to re-rank by; search without it")
+
+    def slot_boxes(self, slots: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedQueryError(f"model {self.model_name!r} has no object slots")

@@ -9,6 +9,7 @@ has text, the top candidates are re-scored by the slot reasoner over the object 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -18,9 +19,11 @@ import torch
 from encoders.tokenizer import WORD
 from encoders.transcribe import Transcript
 from fusion.reasoner import Decision, Parse
-from indexes.collection import Hit, ImageIndex
+from indexes.collection import Hit
+from indexes.folders import open_index
+from indexes.protocol import Index
 from mmodal.data.images import ImageSkipped, read_image
-from mmodal.model import MModalModel
+from mmodal.retrieval import Model
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class SearchResult:
         }
 
 
-def searchable(model: MModalModel, transcript: Transcript) -> bool:
+def searchable(model: Model, transcript: Transcript) -> bool:
     """Whether a spoken query is searched by its words: heard clearly, and asking for something the pictures can
     show. A few clear function words ("a", "the") are what speech in other languages often sounds like."""
     return transcript.heard and model.read_queries([transcript.text])[0].asks_for_something
@@ -80,10 +83,22 @@ def searchable(model: MModalModel, transcript: Transcript) -> bool:
 class Searcher:
     """A model and an index that agree with each other."""
 
-    def __init__(self, model: MModalModel, index: ImageIndex):
+    def __init__(self, model: Model, index: Index):
         index.manifest.check_model(model.identity, index.folder)
         self.model = model
         self.index = index
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, model: str | None = None, allow_download: bool = False) -> Searcher:
+        """The index in ``index_dir`` (one folder or sharded) with ``model``, by default the one that built it."""
+        from mmodal.loading import index_model_name, load_model
+
+        index = open_index(index_dir)
+        try:
+            return cls(load_model(model or index_model_name(index_dir), allow_download=allow_download), index)
+        except BaseException:
+            index.close()
+            raise
 
     def listen(self, query: Query) -> tuple[Query, Transcript | None]:
         """A spoken query as its words: when the model transcribes and hears the clip clearly, the query with the
@@ -190,7 +205,7 @@ class Searcher:
             probability = probability * (1 - self.model.decide(negative, slots).probability)
         probabilities = probability.tolist()
         order = sorted(range(len(candidates)), key=lambda i: (-probabilities[i], -candidates[i].score))[:k]
-        position = slots[..., self.model.slot_encoder.layout.position]
+        position = self.model.slot_boxes(slots)
         reranked = [
             _result(candidates[i], probabilities[i], probabilities[i], _matched(decision, position[i], i))
             for i in order

@@ -99,7 +99,7 @@ def _committed(index_dir: Path) -> int:
 
 def check_index(index_dir: Path, reference: dict, queries: list[str], model) -> list[str]:
     """What is wrong with the index in ``index_dir`` against the reference run (nothing: [])."""
-    from indexes.collection import ImageIndex
+    from indexes.folders import open_index
     from mmodal.search import Query, Searcher
 
     problems = []
@@ -110,7 +110,7 @@ def check_index(index_dir: Path, reference: dict, queries: list[str], model) -> 
         problems.append(f"duplicates: {items} items for {hashes} contents, {files} file rows for {paths} paths")
     if items != reference["count"]:
         problems.append(f"{items} images stored, the reference run stored {reference['count']}")
-    with ImageIndex.open(index_dir) as index:
+    with open_index(index_dir) as index:
         if index.index.ntotal != items:
             problems.append(f"the FAISS file holds {index.index.ntotal} vectors for {items} stored images")
         results = _results(Searcher(model, index), queries, Query)
@@ -128,7 +128,7 @@ def _results(searcher, queries: list[str], query_type) -> list[list[tuple[str, f
 
 def run_trials(images: Path, out: Path, moments: list[str], queries: list[str], seed: int = 0) -> dict:
     """The reference run, then one kill-and-resume trial per moment; returns the tally."""
-    from indexes.collection import ImageIndex
+    from indexes.folders import open_index
     from mmodal.model import MModalModel
     from mmodal.search import Query, Searcher
 
@@ -140,7 +140,7 @@ def run_trials(images: Path, out: Path, moments: list[str], queries: list[str], 
         raise RuntimeError(f"the uninterrupted run failed: {err[-2000:]}")
     run_seconds = time.perf_counter() - started
     model = MModalModel.from_pretrained("shapes")
-    with ImageIndex.open(out / "reference") as index:
+    with open_index(out / "reference") as index:
         reference = {"count": index.count(), "results": _results(Searcher(model, index), queries, Query)}
     trials = []
     for i, moment in enumerate(moments):

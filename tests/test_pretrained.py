@@ -10,19 +10,18 @@ from pathlib import Path
 import gradio
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from encoders.imagenet import EFFICIENTNET_LITE0, create_classifier, efficientnet_lite0_package_file, map_port_names
-from encoders.sentence import minilm_folder
+from indexes.folders import open_index
 from mmodal.cli import main
 from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
-from mmodal.loading import ModelNotAvailableError, load_model, open_index
+from mmodal.loading import ModelNotAvailableError, load_model
 from mmodal.pipeline import index_collection
 from mmodal.retrieval import UnsupportedQueryError, weights_hash
 from mmodal.search import Query, Searcher
+from tests.tiny_models import tiny_dual_encoder, tiny_swin_classifier
 
 # A photo from another package than the test photos' (gradio's own sample images).
 LION = Path(gradio.__file__).parent / "media_assets" / "images" / "lion.jpg"
@@ -87,7 +86,7 @@ def test_photos_model_names_what_a_photo_shows(photos):
 def test_photos_model_finds_sample_photos(photos, sample_photos, tmp_path):
     summary = index_collection(photos, [sample_photos], tmp_path / "index", workers=1, show_progress=False)
     assert summary.indexed == len(list(sample_photos.iterdir()))
-    index, _ = open_index(tmp_path / "index", "photos")
+    index = open_index(tmp_path / "index", model=photos.identity)
     searcher = Searcher(photos, index)
     found = [Path(searcher.search(Query(text=q), k=1)[0].path).name == f for q, f in SAMPLE_PHOTO_QUERIES.items()]
     assert sum(found) >= PHOTOS_FOUND_AT_LEAST, dict(zip(SAMPLE_PHOTO_QUERIES, found))
@@ -115,38 +114,10 @@ def test_cli_indexes_with_photos_and_search_follows_the_index(photos, sample_pho
     assert answer["answer"] == "lion" and "only recognises what a photo shows" in answer["note"]
 
 
-def _tiny_tokenizer(folder: Path) -> None:
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(minilm_folder() / name, folder / name)
-
-
-def _tiny_dual_encoder(folder: Path, kind: str) -> None:
-    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
-
-    text = dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32)
-    torch.manual_seed(0)
-    if kind == "clip":
-        config = CLIPConfig(
-            text_config={**text, "max_position_embeddings": 32, "eos_token_id": 102, "pad_token_id": 0},
-            vision_config={**vision, "patch_size": 8},
-            projection_dim=16,
-        )
-        model = CLIPModel(config)
-    else:
-        config = SiglipConfig(
-            text_config={**text, "max_position_embeddings": 16}, vision_config={**vision, "patch_size": 8}
-        )
-        model = SiglipModel(config)
-    model.save_pretrained(folder)
-    _tiny_tokenizer(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
-
-
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_clip_and_siglip_folders_load_index_and_search(kind, sample_photos, tmp_path, capsys, caplog):
     folder = tmp_path / kind
-    _tiny_dual_encoder(folder, kind)
+    tiny_dual_encoder(folder, kind)
     model = load_model(f"clip:{folder}")
     texts = model.encode_text(["a cat", "a dog on a sofa"])
     images = model.encode_image([Image.open(LION), Image.open(LION).rotate(90)])
@@ -166,18 +137,7 @@ def test_clip_and_siglip_folders_load_index_and_search(kind, sample_photos, tmp_
 
 def test_swin_checkpoint_is_bridged_like_photos(model_home, tmp_path):
     folder = tmp_path / "swin"
-    folder.mkdir()
-    args = {"embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4, "img_size": 32}
-    classifier = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, **args)
-    save_file(classifier.state_dict(), str(folder / "model.safetensors"))
-    config = {
-        "architecture": "swin_tiny_patch4_window7_224",
-        "num_classes": 3,
-        "model_args": args,
-        "label_names": ["tabby cat", "espresso, coffee", "space rocket"],
-        "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
-    }
-    (folder / "config.json").write_text(json.dumps(config))
+    config = tiny_swin_classifier(folder)
     model = load_model(f"swin:{folder}")
     assert model.input_size == 32 and model.identity.dim == 384
     table = model.bridge.class_embeddings
@@ -199,7 +159,7 @@ def test_hub_names_come_only_from_the_local_cache(tmp_path, monkeypatch):
     # A model already in the cache (laid out as the hub client lays it out) loads by its name.
     revision = "0123456789abcdef0123456789abcdef01234567"
     snapshot = cache / "models--someone--tiny-clip" / "snapshots" / revision
-    _tiny_dual_encoder(snapshot, "clip")
+    tiny_dual_encoder(snapshot, "clip")
     (cache / "models--someone--tiny-clip" / "refs").mkdir()
     (cache / "models--someone--tiny-clip" / "refs" / "main").write_text(revision)
     model = load_model("clip:someone/tiny-clip")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from indexes.collection import ImageIndex
 from indexes.errors import ModelMismatchError
+from indexes.folders import open_index
 from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
 from indexes.shards import ShardedIndex, shard_folder, shard_of
+from mmodal.pipeline import index_collection
 
 DIM, SLOT_DIM = 16, 5
 MODEL = ModelIdentity(name="test", weights_hash="cd" * 16, dim=DIM, slot_dim=SLOT_DIM)
@@ -75,7 +79,7 @@ def test_each_image_lies_in_the_shard_its_hash_picks(built):
     root, items = built
     sharded = ShardedIndex.open(root / "sharded-3", MODEL)
     try:
-        counts = sharded.counts()
+        counts = sharded.stats()["shard_images"]
         assert sum(counts) == len(items) and min(counts) > len(items) / 3 * 0.7  # spread about evenly
         for shard, index in enumerate(sharded.shards):
             held = {
@@ -106,6 +110,33 @@ def test_a_sharded_index_refuses_another_model_and_another_shard_count(built):
     assert shard_folder(root / "sharded-2", 1).is_dir()
 
 
+def test_near_duplicates_across_shards_group_as_in_one_index(tmp_path):
+    items = _items(120, seed=5)
+    rng = np.random.default_rng(6)
+    copies = []
+    for item in items[:12]:  # re-encoded copies: other bytes, so another hash (and maybe another shard)
+        vector = item.vector + rng.normal(scale=0.01, size=DIM).astype(np.float32)
+        copies.append(
+            replace(
+                item,
+                path=item.path + ".jpg",
+                content_hash=f"{rng.integers(2**62):016x}",
+                vector=vector / np.linalg.norm(vector),
+            )
+        )
+    groups = {}
+    for name, shards in (("one", None), ("sharded", 3)):
+        with open_index(tmp_path / name, "w", MODEL, shards=shards, factory="Flat") as index:
+            index.write_batch(items + copies)
+            index.sync()
+        with open_index(tmp_path / name, model=MODEL) as index:
+            found = index.near_duplicates(0.98)
+            groups[name] = sorted(sorted(p for info in group for p in info.paths) for group in found)
+            assert index.path_of(index.search(items[0].vector[None], 1)[0][0].item.id) == items[0].path
+    assert groups["sharded"] == groups["one"]
+    assert sorted(groups["one"]) == sorted(sorted([item.path, item.path + ".jpg"]) for item in items[:12])
+
+
 @pytest.mark.slow
 def test_cli_indexes_and_searches_a_sharded_collection_as_one_index(shapes_test_dir, dataset, tmp_path, capsys):
     import json
@@ -124,3 +155,46 @@ def test_cli_indexes_and_searches_a_sharded_collection_as_one_index(shapes_test_
             assert main(["search", query, "--index", str(tmp_path / name), "--json", "-k", "8"]) == 0
             found[name] = [(r["path"], round(r["score"], 4)) for r in json.loads(capsys.readouterr().out)]
         assert found["sharded"] == found["one"] and len(found["one"]) == 8
+    # Inspected and de-duplicated by the same commands as one index.
+    reports = {}
+    for name in ("one", "sharded"):
+        assert main(["info", "--index", str(tmp_path / name), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert main(["dedup", "--index", str(tmp_path / name), "--threshold", "0.97", "--json"]) == 0
+        reports[name] = info, sorted(sorted(group) for group in json.loads(capsys.readouterr().out))
+    (one, one_groups), (sharded, sharded_groups) = reports["one"], reports["sharded"]
+    assert sharded["shards"] == 2 and sum(sharded["shard_images"]) == sharded["images"] == one["images"]
+    assert sharded["searchable"] == one["searchable"] == len(dataset.images)
+    assert sharded["roots"] == one["roots"] and sharded["model"] == one["model"]
+    assert sharded_groups == one_groups and one_groups  # the test split repeats some scenes closely
+
+
+@pytest.mark.slow
+def test_the_web_app_serves_a_sharded_index_and_adds_folders_to_it(model, dataset, tmp_path):
+    from gradio_client import Client
+
+    from app.server import Collection, ServeOptions, launch
+    from mmodal.search import Query
+    from tests.conftest import free_port
+
+    images = sorted((dataset.root / "images").iterdir())
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, part in ((first, images[:50]), (second, images[50:])):
+        folder.mkdir()
+        for path in part:
+            (folder / path.name).symlink_to(path)
+    index_collection(model, [first], tmp_path / "sharded", workers=1, show_progress=False, shards=3)
+    collection = Collection.open(tmp_path / "sharded")  # as `mmodal serve --index` opens it
+    app, url = launch(collection, ServeOptions(port=free_port(), allow_indexing=True), block=False)
+    try:
+        client = Client(url, verbose=False)
+        query = dataset.queries[0].text
+        gallery, rows, _heard, _note = client.predict(query, None, None, "", 5, True, api_name="/search")
+        expected = collection.search(Query(text=query), k=5, rerank=True)
+        assert [row["file"] for row in rows] == [r.path for r in expected] and len(rows) == 5
+        collection.add(str(second))  # what the Index tab calls
+        stats = collection.stats()
+        assert stats["shards"] == 3 and stats["files"] == len(images)
+        assert not (tmp_path / "sharded" / "manifest.json").exists()  # still sharded, not one index inside it
+    finally:
+        app.close()

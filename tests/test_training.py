@@ -249,13 +249,13 @@ def test_cli_trains_and_evaluates(shapes_train_dir, shapes_test_dir, tmp_path, c
 @pytest.mark.slow
 def test_evaluation_measures_the_rankings_users_get(model, dataset, shapes_test_dir, tmp_path):
     """P@10 from `mmodal eval` equals P@10 of the same queries searched over an index built by `mmodal index`."""
-    from mmodal.loading import open_index
+    from indexes.folders import open_index
     from mmodal.pipeline import index_collection
     from mmodal.search import Query, Searcher
 
     report = evaluate(model, dataset)
     index_collection(model, [shapes_test_dir / "images"], tmp_path / "index", show_progress=False)
-    index, _ = open_index(tmp_path / "index", "shapes")
+    index = open_index(tmp_path / "index", model=model.identity)
     searcher = Searcher(model, index)
     row_of = {str(dataset.image_path(r).resolve()): i for i, r in enumerate(dataset.images)}
     found = []
