@@ -2,26 +2,54 @@
 
 ``MMODAL_KERNELS`` chooses: ``auto`` (the default) as above; ``torch`` the reference everywhere; ``triton`` the
 Triton kernels everywhere, which on CPU tensors needs ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests).
+
+The kernel modules take ``triton`` and ``tl`` from here. Triton ships for Linux x86-64 only; elsewhere they are
+stand-ins that let every kernel be defined, so that the modules import and the references run, and launching a
+kernel raises :class:`KernelUnavailableError`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
-
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except ImportError:  # Triton ships for Linux x86-64 only
-    HAS_TRITON = False
 
 CHOICES = ("auto", "torch", "triton")
 
 
 class KernelUnavailableError(RuntimeError):
     """MMODAL_KERNELS=triton was asked for where Triton cannot run."""
+
+
+class _UnlaunchableKernel:
+    """A ``@triton.jit`` function on a machine without Triton."""
+
+    def __init__(self, fn):
+        functools.update_wrapper(self, fn)
+
+    def __getitem__(self, grid):
+        raise KernelUnavailableError(f"{self.__name__} is a Triton kernel, but Triton is not installed")
+
+
+class _TritonStandIn:
+    """What defining the kernels needs of ``triton`` and ``triton.language``."""
+
+    jit = staticmethod(_UnlaunchableKernel)
+
+    @staticmethod
+    def constexpr(value):
+        return value
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:
+    triton = tl = _TritonStandIn()
+    HAS_TRITON = False
 
 
 def choice() -> str:
