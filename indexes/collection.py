@@ -14,11 +14,7 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import faiss
@@ -27,67 +23,30 @@ import numpy as np
 from indexes import vectors
 from indexes.errors import (
     IndexBusyError,
-    IndexCorruptedError,
     IndexNotFoundError,
     ManifestDamagedError,
     ModelMismatchError,
+)
+from indexes.hits import Hit, RowCache, group_near_duplicates
+from indexes.integrity import (
+    INDEX_FILE,
+    MODEL_RECORD,
+    manifest_from_store,
+    read_checked,
+    recorded_manifest,
+    same_structure,
 )
 from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity, file_checksum
 from indexes.metadata import METADATA_FILE, ItemInfo, MetadataStore
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "vectors.faiss"
 LOCK_FILE = ".lock"
 SHARDS_FILE = "shards.json"  # beside the shard folders of a sharded index (indexes.shards)
-MODEL_RECORD = "model"  # the metadata store's copy of the manifest's model, to rebuild a lost manifest
 _WRITING: set[Path] = set()  # POSIX record locks do not exclude a second writer in the same process
 # Rows an index opened for searching keeps in memory (about 2 KB each with slots), so that the candidates that
 # searches share are read from SQLite once.
 CACHED_ROWS = 20_000
-
-
-@dataclass(frozen=True)
-class Hit:
-    item: ItemInfo
-    score: float
-
-    @property
-    def path(self) -> str:
-        return self.item.paths[0]
-
-
-class RowCache:
-    """Rows by id, fetched in one call for those not held yet; the least recently used go beyond ``capacity``.
-    Safe to share between threads that search at once."""
-
-    def __init__(self, fetch: Callable[[list[int]], dict], capacity: int):
-        self._fetch = fetch
-        self._capacity = capacity
-        self._rows: OrderedDict[int, object] = OrderedDict()
-        self._guard = threading.Lock()
-
-    def get(self, ids: Iterable[int]) -> dict:
-        ids = list(dict.fromkeys(ids))
-        with self._guard:
-            found = {}
-            for i in ids:
-                if i in self._rows:
-                    self._rows.move_to_end(i)
-                    found[i] = self._rows[i]
-        missing = [i for i in ids if i not in found]
-        if missing:
-            fetched = self._fetch(missing)
-            found.update(fetched)
-            with self._guard:
-                self._rows.update(fetched)
-                while len(self._rows) > self._capacity:
-                    self._rows.popitem(last=False)
-        return found
-
-    def clear(self) -> None:
-        with self._guard:
-            self._rows.clear()
 
 
 class ImageIndex:
@@ -129,7 +88,7 @@ class ImageIndex:
                 try:
                     manifest = Manifest.load(folder)
                 except ManifestDamagedError as damage:
-                    manifest, rewrite = _manifest_from_store(folder, damage), True
+                    manifest, rewrite = manifest_from_store(folder, damage), True
                     log.warning("%s; rewriting it from the metadata store's record", damage)
                 manifest.check_model(model, folder)
                 if factory and factory != manifest.factory:
@@ -145,7 +104,7 @@ class ImageIndex:
             record = json.dumps({"model": dataclasses.asdict(manifest.model), "model_source": manifest.model_source})
             if store.get_property(MODEL_RECORD) != record:
                 store.set_property(MODEL_RECORD, record)
-            index = _read_checked(folder, manifest, repair=True) or vectors.new_index(manifest.factory, model.dim)
+            index = read_checked(folder, manifest, repair=True) or vectors.new_index(manifest.factory, model.dim)
             if rewrite:
                 manifest.save(folder)
         except BaseException:
@@ -183,7 +142,7 @@ class ImageIndex:
         manifest = Manifest.load(folder)
         if model is not None:
             manifest.check_model(model, folder)
-        index = _read_checked(folder, manifest, repair=False)
+        index = read_checked(folder, manifest, repair=False)
         if index is None:
             index = vectors.new_index(manifest.factory, manifest.model.dim)
         store = MetadataStore(folder / METADATA_FILE, manifest.model.dim, manifest.model.slot_dim)
@@ -223,7 +182,7 @@ class ImageIndex:
             wanted = vectors.choose_factory(count, self.manifest.model.dim)
         if (
             wanted != self.manifest.factory
-            or not _same_structure(self.index, wanted)
+            or not same_structure(self.index, wanted)
             or not self.index.index.is_trained  # IVF needs vectors to train on: build from the store
         ):
             log.info("building a %s index over %d images", wanted, count)
@@ -341,36 +300,6 @@ class ImageIndex:
         }
 
 
-def group_near_duplicates(
-    search: Callable[[np.ndarray, int], list[list[Hit]]],
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    threshold: float,
-    neighbours: int,
-) -> list[list[ItemInfo]]:
-    """Connected groups of images at least ``threshold`` cosine-similar: every image's ``neighbours`` nearest,
-    found by the index's own ``search``, for ``batches`` of (ids, vectors) that cover the index."""
-    parent: dict[int, int] = {}
-    infos: dict[int, ItemInfo] = {}
-
-    def root(i: int) -> int:
-        while parent.get(i, i) != i:
-            i = parent[i]
-        return i
-
-    for ids, vecs in batches:
-        for a, hits in zip(ids.tolist(), search(vecs, neighbours + 1)):
-            for hit in hits:
-                infos[hit.item.id] = hit.item
-                if hit.item.id != a and hit.score >= threshold:
-                    ra, rb = root(a), root(hit.item.id)
-                    if ra != rb:
-                        parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, set[int]] = {}
-    for i in parent:
-        groups.setdefault(root(i), {root(i)}).add(i)
-    return [sorted((infos[i] for i in members if i in infos), key=lambda x: x.id) for members in groups.values()]
-
-
 FEW_QUERIES = 8
 
 
@@ -385,66 +314,3 @@ def _search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray
         return index.search(queries, k)
     finally:
         faiss.omp_set_num_threads(threads)
-
-
-def recorded_manifest(folder: str | os.PathLike) -> Manifest | None:
-    """The manifest of the index in ``folder`` (rebuilt from the metadata store's record when it is damaged),
-    for the model that built it; None when the folder holds no index."""
-    folder = Path(folder)
-    if not (folder / MANIFEST_FILE).is_file():
-        return None
-    try:
-        return Manifest.load(folder)
-    except ManifestDamagedError as damage:
-        return _manifest_from_store(folder, damage)
-
-
-def _manifest_from_store(folder: Path, damage: ManifestDamagedError) -> Manifest:
-    """The manifest rebuilt from the model record the metadata store keeps; the index file is then rebuilt
-    from the store, since its checksum is unknown."""
-    path = folder / METADATA_FILE
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT value FROM properties WHERE key = ?", (MODEL_RECORD,)).fetchone()
-        finally:
-            db.close()
-        record = json.loads(row[0]) if row else None
-    except (sqlite3.Error, ValueError):
-        record = None
-    if record is None:
-        raise IndexCorruptedError(
-            f"{damage}; but {path} keeps no record of the model (it is missing, damaged, or was written by an "
-            "older mmodal), so re-index the collection into a new folder"
-        ) from None
-    return Manifest.from_record(record["model"], record.get("model_source", ""))
-
-
-def _read_checked(folder: Path, manifest: Manifest, repair: bool) -> faiss.Index | None:
-    """The FAISS file, verified against the manifest; None when there is none yet.
-
-    A writer (``repair``) answers a damaged file by rebuilding it from the store, which holds every vector.
-    """
-    path = folder / INDEX_FILE
-    if not path.exists():
-        if manifest.count and not repair:
-            raise IndexCorruptedError(f"{path} is missing; run `mmodal index --index {folder}` to rebuild it")
-        return None
-    if file_checksum(path) != manifest.index_checksum:
-        if repair:
-            log.warning("%s does not match its manifest's checksum; rebuilding it from the metadata store", path)
-            return None
-        raise IndexCorruptedError(
-            f"{path} is damaged (its checksum differs from the manifest's); "
-            f"run `mmodal index --index {folder}` to rebuild it from the metadata store"
-        )
-    return vectors.load(path)
-
-
-def _same_structure(index: faiss.Index, factory: str) -> bool:
-    inner = faiss.downcast_index(index.index)
-    if factory == "Flat":
-        return isinstance(inner, faiss.IndexFlat)
-    if factory.startswith("HNSW"):
-        return isinstance(inner, faiss.IndexHNSW)
-    return faiss.try_extract_index_ivf(inner) is not None

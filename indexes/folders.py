@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from indexes.collection import ImageIndex, recorded_manifest
+from indexes.collection import ImageIndex
 from indexes.errors import ModelMismatchError
+from indexes.integrity import recorded_manifest
 from indexes.manifest import Manifest, ModelIdentity
 from indexes.protocol import Index
 from indexes.shards import ShardedIndex, is_sharded, recorded_shards, shard_folder

@@ -24,7 +24,7 @@ class Index(Protocol):
     # searching and inspecting
 
     def search(self, queries: np.ndarray, k: int) -> list:
-        """Top-``k`` hits (:class:`indexes.collection.Hit`) for each query vector (Q, D), best first."""
+        """Top-``k`` hits (:class:`indexes.hits.Hit`) for each query vector (Q, D), best first."""
 
     def slots_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Object slots of the given images, by id, to re-rank hits without reading images."""

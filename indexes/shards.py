@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from indexes.atomic import write_json
-from indexes.collection import SHARDS_FILE, Hit, ImageIndex, group_near_duplicates
+from indexes.collection import SHARDS_FILE, ImageIndex
 from indexes.errors import IndexNotFoundError, ModelMismatchError
+from indexes.hits import Hit, group_near_duplicates
 from indexes.manifest import Manifest, ModelIdentity
 from indexes.metadata import ItemInfo, NewItem
 

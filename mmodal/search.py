@@ -19,8 +19,8 @@ import torch
 from encoders.tokenizer import WORD
 from encoders.transcribe import Transcript
 from fusion.reasoner import Decision, Parse
-from indexes.collection import Hit
 from indexes.folders import open_index
+from indexes.hits import Hit
 from indexes.protocol import Index
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.retrieval import Model

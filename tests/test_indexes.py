@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from indexes import vectors
-from indexes.collection import INDEX_FILE, ImageIndex, RowCache
+from indexes.collection import ImageIndex
 from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ModelMismatchError
+from indexes.hits import RowCache
+from indexes.integrity import INDEX_FILE
 from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity
 from indexes.metadata import METADATA_FILE, SCHEMA, MetadataStore, NewItem
 

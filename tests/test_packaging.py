@@ -40,7 +40,7 @@ def test_console_script_reports_its_version():
 # (or the libraries that pull it in) fails proves it, where a grep for "import torch" would miss a
 # transitive import.
 TORCH_FREE = ["indexes.atomic", "indexes.collection", "indexes.manifest", "indexes.metadata", "indexes.vectors"]
-TORCH_FREE += ["indexes.folders", "indexes.protocol", "indexes.shards"]
+TORCH_FREE += ["indexes.folders", "indexes.protocol", "indexes.shards", "indexes.hits", "indexes.integrity"]
 TORCH_FREE += ["indexes.errors", "mmodal.data.decode", "encoders.pixels"]
 TORCH_LIBRARIES = "torch,transformers,timm,torchaudio,torchvision"
 BLOCKING = """

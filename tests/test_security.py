@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexes.collection import INDEX_FILE, ImageIndex
+from indexes.collection import ImageIndex
 from indexes.errors import IndexCorruptedError
+from indexes.integrity import INDEX_FILE
 from indexes.manifest import MANIFEST_FILE, ModelIdentity
 from indexes.metadata import NewItem
 from mmodal.model import WEIGHTS_FILE, MModalModel, resolve_model_path
