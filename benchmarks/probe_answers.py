@@ -18,7 +18,8 @@ from torch import nn
 
 from mmodal.data.dataset import read_dataset
 from mmodal.model import MModalModel
-from mmodal.shapes.semantics import COLORS, COUNT_WORDS, QUESTION_TYPES, SHAPES, SIZES, normalize_answer, parse_question
+from mmodal.shapes.scene import COLORS, SHAPES, SIZES
+from mmodal.shapes.semantics import COUNT_WORDS, QUESTION_TYPES, normalize_answer, parse_question
 from mmodal.training.questions import draw_questions, reading_targets
 from mmodal.training.slots import IGNORE, ground_truth_slots
 

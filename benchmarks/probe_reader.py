@@ -29,10 +29,11 @@ from fusion.adapters import Adapter, SlotPooler
 from fusion.reasoner import PART_KINDS, ReasonerConfig, SlotReasoner, parse_loss
 from kernels.contrastive import multi_positive_nce
 from mmodal.data.dataset import read_dataset
-from mmodal.evaluate import precision_at_10
+from mmodal.evaluate_search import precision_at_10
 from mmodal.paraphrase_eval import read_paraphrases
-from mmodal.shapes import wording, world
-from mmodal.shapes.semantics import COLORS, RELATIONS, SHAPES, SIZES, parse_statement
+from mmodal.shapes import question_sampling, wording, world
+from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES
+from mmodal.shapes.semantics import parse_statement
 from mmodal.training.slot_batches import TEXT_KINDS, draw_foil, draw_statement
 from mmodal.training.slots import ground_truth_slots, parse_targets, relation_targets
 
@@ -44,7 +45,7 @@ def corpus(rng: np.random.Generator, n: int) -> list[str]:
     texts = []
     for _ in range(n):
         s = world.any_statement(rng, "train")
-        q = world.any_question(rng, "train")
+        q = question_sampling.any_question(rng, "train")
         texts += [s.text(), wording.word_statement(s, rng).text, q.text(), wording.word_question(q, rng).text]
     return texts
 

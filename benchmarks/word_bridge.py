@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from encoders.sentence import SentenceEncoder, minilm_folder
-from mmodal.shapes.semantics import COLORS, COUNT_WORDS, SHAPES, SIZES
+from mmodal.shapes.scene import COLORS, SHAPES, SIZES
+from mmodal.shapes.semantics import COUNT_WORDS
 
 # The words a bridge could map onto: the attribute, count and relation words of the Shapes world.
 TARGETS = (*COLORS, *SHAPES, "object", *SIZES, "left", "right", "above", "below", *COUNT_WORDS[1:])

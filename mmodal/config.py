@@ -12,7 +12,8 @@ from encoders.language import TextConfig
 from encoders.slots import SlotConfig
 from fusion.answers import AnswerConfig
 from fusion.reasoner import ReasonerConfig
-from mmodal.shapes.semantics import COLORS, QUESTION_TYPES, RELATIONS, SHAPES, SIZES
+from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES
+from mmodal.shapes.semantics import QUESTION_TYPES
 
 CONFIG_FILE = "config.json"
 ATTRIBUTES = {"color": tuple(COLORS), "shape": tuple(SHAPES), "size": tuple(SIZES)}

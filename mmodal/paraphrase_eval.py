@@ -19,7 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmodal.data.dataset import Dataset
-from mmodal.shapes.semantics import SpecError, normalize_answer, parse_question, parse_statement
+from mmodal.shapes.scene import SpecError
+from mmodal.shapes.semantics import normalize_answer, parse_question, parse_statement
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def score_search(
 ) -> dict:
     """P@10 of each worded query and of its meaning, over ``dataset``'s images (``rank`` gives every image's row,
     best first); meanings that no image satisfies are left out and counted."""
-    from mmodal.evaluate import precision_at_10
+    from mmodal.evaluate_search import precision_at_10
 
     rows, skipped = [], 0
     for pair in tqdm(paraphrases, desc="paraphrased search", unit="query", leave=False):

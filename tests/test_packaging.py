@@ -73,7 +73,8 @@ def test_the_index_layer_and_the_decoders_import_with_torch_blocked():
 
 
 def test_the_shapes_world_does_not_need_the_dataset_layer():
-    modules = [f"mmodal.shapes.{name}" for name in ("semantics", "world", "render", "speech")]
+    names = ("scene", "semantics", "world", "question_sampling", "text_edits", "wording", "render", "speech")
+    modules = [f"mmodal.shapes.{name}" for name in names]
     result = _import_blocking("mmodal.data", modules)
     assert result.returncode == 0, result.stderr
     assert _import_blocking("mmodal.data", ["mmodal.data.generate"]).returncode != 0

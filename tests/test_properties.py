@@ -24,17 +24,13 @@ from mmodal.data.dataset import (
     read_dataset,
 )
 from mmodal.data.vqa import read_vqa
+from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES, SpecError
 from mmodal.shapes.semantics import (
-    COLORS,
     COUNT_WORDS,
-    RELATIONS,
-    SHAPES,
-    SIZES,
     CountPhrase,
     ObjectPhrase,
     Question,
     RelationPhrase,
-    SpecError,
     Statement,
     parse_question,
     parse_statement,

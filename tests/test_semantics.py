@@ -2,20 +2,16 @@
 
 import pytest
 
+from mmodal.shapes.scene import Scene, SceneObject, SpecError, holds_relation, relations_between
 from mmodal.shapes.semantics import (
     CountPhrase,
     ObjectPhrase,
     Question,
     RelationPhrase,
-    Scene,
-    SceneObject,
-    SpecError,
     Statement,
-    holds_relation,
     normalize_answer,
     parse_question,
     parse_statement,
-    relations_between,
 )
 
 

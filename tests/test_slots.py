@@ -12,7 +12,8 @@ import torch
 from encoders.pixels import letterbox_frame
 from encoders.slots import SlotConfig, SlotLayout, decode_detections
 from fusion.reasoner import Parse, ReasonerConfig, SlotReasoner, exact_count
-from mmodal.shapes.semantics import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, parse_statement
+from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject
+from mmodal.shapes.semantics import parse_statement
 from mmodal.training.slots import detector_targets, ground_truth_slots
 
 ATTRIBUTES = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}
@@ -103,7 +104,7 @@ def test_the_logic_decides_as_the_semantics_do(statement):
     objects = [
         next(o for o in HAND_MADE.objects if abs(o.cx - float(s[-3])) < 1e-6) if s[0] > 0 else None for s in slots[0]
     ]
-    from mmodal.shapes.semantics import holds_relation
+    from mmodal.shapes.scene import holds_relation
 
     related = torch.zeros(1, 4, 4, len(RELATIONS))
     for (i, a), (j, b) in itertools.product(enumerate(objects), repeat=2):
@@ -154,7 +155,7 @@ def test_reasoner_on_ground_truth_slots_learns_on_a_tiny_config(tiny_slot_model,
 
 
 def test_spliced_texts_take_every_shared_word_from_the_donor_and_keep_their_own_changed_word():
-    from mmodal.shapes.world import one_word_changed
+    from mmodal.shapes.text_edits import one_word_changed
     from mmodal.training.slot_batches import splice_contexts
 
     text = parse_statement("a small red circle left of a blue square")
@@ -173,7 +174,7 @@ def test_spliced_texts_take_every_shared_word_from_the_donor_and_keep_their_own_
 
 def test_a_question_with_one_word_changed_keeps_its_type_and_never_holds_out_a_pair():
     from mmodal.shapes.semantics import parse_question
-    from mmodal.shapes.world import question_word_changed
+    from mmodal.shapes.text_edits import question_word_changed
 
     rng = np.random.default_rng(5)
     for text in (

@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmodal.shapes import wording, world
-from mmodal.shapes.semantics import RELATIONS, Question, RelationPhrase, Statement
+from mmodal.shapes import question_sampling, wording, world
+from mmodal.shapes.scene import RELATIONS
+from mmodal.shapes.semantics import Question, RelationPhrase, Statement
 
 
 def test_worded_statements_keep_their_truth_in_every_scene():
@@ -22,7 +23,7 @@ def test_worded_questions_keep_their_answers():
     rng = np.random.default_rng(1)
     scenes = [world.sample_scene(rng, "test") for _ in range(60)]
     for _ in range(300):
-        question = world.any_question(rng, "test")
+        question = question_sampling.any_question(rng, "test")
         worded = wording.word_question(question, rng)
         assert isinstance(worded.meaning, Question)
         assert [worded.meaning.answer(s) for s in scenes] == [question.answer(s) for s in scenes], worded.text
@@ -39,7 +40,7 @@ def test_wordings_vary_and_use_only_the_vocabulary():
     for _ in range(500):
         for text in (
             wording.word_statement(world.any_statement(rng, "test"), rng).text,
-            wording.word_question(world.any_question(rng, "test"), rng).text,
+            wording.word_question(question_sampling.any_question(rng, "test"), rng).text,
         ):
             assert set(wording.WORD.findall(text.lower())) <= vocabulary, text
     assert {"big", "tiny", "beneath", "colour", "hexagonal", "2"} <= vocabulary

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from indexes.atomic import write_json, write_jsonl
-from mmodal.shapes.semantics import Scene, SpecError
+from mmodal.shapes.scene import Scene, SpecError
 
 FORMAT_NAME = "mmodal-dataset"
 FORMAT_VERSION = 1

@@ -24,9 +24,10 @@ from mmodal.data.dataset import (
     QuestionRecord,
     write_dataset,
 )
-from mmodal.shapes import speech, wording, world
+from mmodal.shapes import question_sampling, speech, text_edits, wording, world
 from mmodal.shapes.render import render, sample_style
-from mmodal.shapes.semantics import HELD_OUT_PAIRS, QUERY_KINDS, SPEC_VERSION, Scene, parse_statement
+from mmodal.shapes.scene import HELD_OUT_PAIRS, SPEC_VERSION, Scene
+from mmodal.shapes.semantics import QUERY_KINDS, parse_statement
 from mmodal.workers import worker_pool
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ def _make_image(root: Path, seed: int, split: str, index: int) -> tuple[ImageRec
             image.save(f, format="PNG")
     caps = world.captions(scene, rng)
     captions = [CaptionRecord(image_id, s.text(), kind) for kind, s in caps]
-    foils = [FoilRecord(image_id, c.text(), f.text(), kind) for kind, c, f in world.foils(scene, caps, split)]
-    questions = [QuestionRecord(image_id, q.text(), a, q.type) for q, a in world.questions(scene, rng, split)]
+    foils = [FoilRecord(image_id, c.text(), f.text(), kind) for kind, c, f in text_edits.foils(scene, caps, split)]
+    questions = [
+        QuestionRecord(image_id, q.text(), a, q.type) for q, a in question_sampling.questions(scene, rng, split)
+    ]
     return ImageRecord(image_id, file, scene, render_info), captions, foils, questions
 
 

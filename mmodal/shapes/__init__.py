@@ -1,1 +1,2 @@
-"""The Shapes world: its semantics (the single source of truth), scene sampling, rendering and speech."""
+"""The Shapes world: its scenes, the semantics of its texts (the single source of truth), sampling scenes, texts
+and questions, people's wording, rendering and speech."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmodal.shapes.semantics import COLOR_JITTER, COLORS, Scene, SceneObject
+from mmodal.shapes.scene import COLOR_JITTER, COLORS, Scene, SceneObject
 
 SUPERSAMPLE = 4
 STAR_INNER_RATIO = 0.45

@@ -17,17 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.tokenizer import WORD
-from mmodal.shapes.semantics import (
-    COLORS,
-    COUNT_WORDS,
-    INVERSE_RELATION,
-    SHAPES,
-    CountPhrase,
-    ObjectPhrase,
-    Question,
-    RelationPhrase,
-    Statement,
-)
+from mmodal.shapes.scene import COLORS, INVERSE_RELATION, SHAPES
+from mmodal.shapes.semantics import COUNT_WORDS, CountPhrase, ObjectPhrase, Question, RelationPhrase, Statement
 
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
 # A colour said another way now and then: "violet", "red-coloured", "coloured red".

@@ -15,7 +15,7 @@ from encoders.normalize import normalize_pixels
 from encoders.pixels import PIXEL_MEAN, PIXEL_STD, letterboxed_array
 from encoders.slots import SlotEncoder, cut_crops
 from mmodal.data.dataset import Dataset
-from mmodal.shapes.semantics import Scene
+from mmodal.shapes.scene import Scene
 from mmodal.training.slots import crop_boxes, detector_loss, detector_targets
 
 BLUR_SHARE = 0.25  # pictures softened a little, as resampling and other renderers' edges do

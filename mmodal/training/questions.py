@@ -8,8 +8,9 @@ import torch
 
 from fusion.reasoner import ROLES
 from mmodal.model import MModalModel
-from mmodal.shapes.semantics import COUNT_WORDS, QUESTION_TYPES, RELATIONS, SIZES, Question
-from mmodal.shapes.world import count_question, question_of_type
+from mmodal.shapes.question_sampling import count_question, question_of_type
+from mmodal.shapes.scene import RELATIONS, SIZES
+from mmodal.shapes.semantics import COUNT_WORDS, QUESTION_TYPES, Question
 from mmodal.training.slots import IGNORE, phrase_targets
 
 # The types whose answers are drawn in turn, and their answers.

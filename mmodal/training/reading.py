@@ -29,8 +29,9 @@ from fusion.reasoner import PART_KINDS, parse_loss
 from kernels.contrastive import multi_positive_nce
 from mmodal.config import ModelConfig
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
-from mmodal.shapes import wording, world
-from mmodal.shapes.semantics import COLORS, COUNT_WORDS, SHAPES, Question
+from mmodal.shapes import question_sampling, text_edits, wording, world
+from mmodal.shapes.scene import COLORS, SHAPES
+from mmodal.shapes.semantics import COUNT_WORDS, Question
 from mmodal.training.config import TrainConfig
 from mmodal.training.questions import draw_questions, reading_targets
 from mmodal.training.slot_batches import (
@@ -59,7 +60,7 @@ def wording_corpus(rng: np.random.Generator, draws: int = CORPUS_DRAWS) -> list[
     the answers, and the wording vocabulary itself, so that every word it knows is a token of its own."""
     texts = []
     for _ in range(draws):
-        statement, question = world.any_statement(rng, "train"), world.any_question(rng, "train")
+        statement, question = world.any_statement(rng, "train"), question_sampling.any_question(rng, "train")
         texts += [statement.text(), wording.word_statement(statement, rng).text]
         texts += [question.text(), wording.word_question(question, rng).text]
     words = " ".join([*wording.vocabulary(), *COLORS, *SHAPES, *COUNT_WORDS, "yes", "no"])
@@ -189,7 +190,7 @@ def search_losses(
     readings = [world.any_statement(rng, "train") for _ in range(config.parse_texts)]
     texts, meanings = _worded(statements + readings, wording.word_statement, config.worded_share, rng)
     n = len(statements)
-    rows, spliced_texts, donors = _donors(readings, world.one_word_changed, wording.word_statement, config, rng)
+    rows, spliced_texts, donors = _donors(readings, text_edits.one_word_changed, wording.word_statement, config, rng)
     for row, (text, meaning) in zip(rows, spliced_texts):
         texts[n + row], meanings[n + row] = text, meaning
     tokens, mask, balance = _read_with_donors(model, texts, [n + r for r in rows], donors)
@@ -234,9 +235,9 @@ def answer_losses(
     rows, questions, answers = draw_questions(scenes, rng, step * len(scenes))
     slots = slots[rows]
     n = len(questions)
-    extra: list[Question] = [world.any_question(rng, "train") for _ in range(config.parse_texts)]
+    extra: list[Question] = [question_sampling.any_question(rng, "train") for _ in range(config.parse_texts)]
     texts, meanings = _worded(questions + extra, wording.word_question, config.worded_share, rng)
-    rows, spliced_texts, donors = _donors(extra, world.question_word_changed, wording.word_question, config, rng)
+    rows, spliced_texts, donors = _donors(extra, text_edits.question_word_changed, wording.word_question, config, rng)
     for row, (text, meaning) in zip(rows, spliced_texts):
         texts[n + row], meanings[n + row] = text, meaning
     tokens, q_mask, balance = _read_with_donors(model, texts, [n + r for r in rows], donors)

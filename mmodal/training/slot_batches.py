@@ -13,8 +13,9 @@ import torch
 from encoders.pixels import letterbox_frame
 from mmodal.data.dataset import Dataset
 from mmodal.model import MModalModel
-from mmodal.shapes import world
-from mmodal.shapes.semantics import Scene, Statement
+from mmodal.shapes import text_edits, world
+from mmodal.shapes.scene import Scene
+from mmodal.shapes.semantics import Statement
 from mmodal.training.perception import PerceptionData
 from mmodal.training.slots import ground_truth_slots
 
@@ -116,5 +117,5 @@ def draw_statement(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...
 
 def draw_foil(scene: Scene, rng: np.random.Generator) -> Statement | None:
     """A minimally changed caption that is false of ``scene`` (colour swap, relation swap or count change)."""
-    made = world.foils(scene, world.captions(scene, rng), split="train")
+    made = text_edits.foils(scene, world.captions(scene, rng), split="train")
     return made[int(rng.integers(len(made)))][2] if made else None

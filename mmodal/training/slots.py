@@ -14,14 +14,8 @@ import torch.nn.functional as F
 from encoders.pixels import letterbox_frame
 from encoders.slots import SlotConfig, SlotLayout
 from fusion.reasoner import PART_KINDS, ROLES, ReasonerConfig
-from mmodal.shapes.semantics import (
-    CountPhrase,
-    ObjectPhrase,
-    RelationPhrase,
-    Scene,
-    Statement,
-    holds_relation,
-)
+from mmodal.shapes.scene import Scene, holds_relation
+from mmodal.shapes.semantics import CountPhrase, ObjectPhrase, RelationPhrase, Statement
 
 IGNORE = -100
 
