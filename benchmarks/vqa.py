@@ -12,7 +12,7 @@ import json
 import time
 
 from mmodal.data.dataset import read_dataset
-from mmodal.evaluate import evaluate_vqa
+from mmodal.evaluate_questions import evaluate_vqa
 from mmodal.model import MModalModel
 
 

@@ -1,4 +1,5 @@
-"""The ``mmodal`` command line."""
+"""The ``mmodal`` command line: its arguments, and running the command they name (the commands themselves are
+in :mod:`mmodal.cli_training` and :mod:`mmodal.cli_collection`; others come through entry points)."""
 
 from __future__ import annotations
 
@@ -9,215 +10,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from mmodal import __version__
+from mmodal.cli_collection import ask_command, dedup_command, index_command, info_command, search_command
+from mmodal.cli_training import data_shapes_command, eval_command, train_command
 
 log = logging.getLogger("mmodal")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 COMMANDS_GROUP = "mmodal.commands"  # entry points that add commands, e.g. `serve` from the app package
-
-
-def _data_shapes(args: argparse.Namespace) -> int:
-    from mmodal.data.generate import generate_shapes
-
-    dataset = generate_shapes(
-        args.out,
-        n=args.n,
-        seed=args.seed,
-        split=args.split,
-        with_speech=args.speech,
-        n_queries=args.queries,
-        workers=args.workers,
-    )
-    counts = dataset.info["counts"]
-    print(
-        f"wrote {counts['images']} images, {counts['captions']} captions, {counts['foils']} foils, "
-        f"{counts['questions']} questions and {counts['queries']} queries"
-        + (" with speech" if args.speech else "")
-        + f" to {dataset.root.resolve()}"
-    )
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from dataclasses import fields, replace
-    from pathlib import Path
-
-    from mmodal.training.config import TrainConfig
-    from mmodal.training.loop import train
-
-    config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    config = replace(config, **overrides)
-    folder = train(config, resume=args.resume, for_steps=args.for_steps)
-    if folder is None:
-        print(f"checkpoint saved in {Path(config.out).resolve()}; run again with --resume to continue")
-    else:
-        print(f"model written to {folder.resolve()}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from mmodal.data.dataset import read_dataset
-    from mmodal.data.generate import QUERY_DRAW, generate_shapes
-    from mmodal.evaluate import evaluate, format_report
-    from mmodal.model import MModalModel
-
-    data = Path(args.data) if args.data else Path("data") / f"shapes-test-n{args.n}-seed{args.seed}"
-    if not (data / "dataset.json").is_file():
-        if args.data:
-            raise FileNotFoundError(f"{data} holds no dataset; leave out --data to generate a test split")
-        generate_shapes(data, n=args.n, seed=args.seed, split="test", with_speech=True)
-    dataset = read_dataset(data)
-    if not args.data and dataset.info.get("query_draw") != QUERY_DRAW:
-        log.info("%s was drawn by an earlier query generator: drawing it again", data)
-        dataset = generate_shapes(data, n=args.n, seed=args.seed, split="test", with_speech=True)
-    report = {}
-    for name in args.model:
-        model = MModalModel.from_pretrained(name)
-        report[name] = evaluate(model, dataset, paraphrases=args.paraphrases)
-    if args.json:
-        print(json.dumps(report if len(report) > 1 else report[args.model[0]], indent=2))
-    else:
-        print(format_report(report))
-    return 0
-
-
-def _index(args: argparse.Namespace) -> int:
-    import json
-
-    from mmodal.loading import index_model_name, load_model
-    from mmodal.pipeline import index_collection
-
-    model = load_model(args.model or index_model_name(args.index), allow_download=args.allow_download)
-    summary = index_collection(
-        model,
-        args.paths,
-        args.index,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        factory=args.factory,
-        engine=args.engine,
-        ray_address=args.address,
-        shards=args.shards,
-    )
-    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
-    return 0
-
-
-def _open_searcher(args: argparse.Namespace):
-    from mmodal.search import Searcher
-
-    return Searcher.open(args.index, args.model, allow_download=args.allow_download)
-
-
-def _search(args: argparse.Namespace) -> int:
-    import json
-
-    from mmodal.data.audio import read_audio
-    from mmodal.search import Query
-
-    query = Query(
-        text=args.text,
-        image=args.image,
-        audio=read_audio(args.audio) if args.audio else None,
-        negative=tuple(args.negative or ()),
-    )
-    searcher = _open_searcher(args)
-    query, transcript = searcher.listen(query)
-    doubt = searcher.doubt(transcript, query)
-    unknown, not_understood = searcher.not_understood(query)
-    results = searcher.search(query, k=args.k, rerank=args.rerank)
-    rows = [r.to_dict() for r in results]
-    if args.json:
-        # A spoken query reports what was heard, and a query with words the model cannot read names them, beside
-        # the hits; any other query prints the hits alone.
-        out: dict = {} if transcript is None else {**transcript.to_dict(), "searched_by": "sound" if doubt else "words"}
-        if unknown:
-            out["unknown_words"] = unknown
-        if out:
-            out = {**out, "message": " · ".join(m for m in (doubt, not_understood) if m) or None, "results": rows}
-        print(json.dumps(out or rows, indent=2, ensure_ascii=False))
-        return 0
-    if transcript is not None:
-        print(transcript.summary())
-    for message in (doubt, not_understood):
-        if message:
-            log.warning("%s", message)
-    if not results and not_understood is None:
-        print("no results: the index is empty")
-    for rank, r in enumerate(results, 1):
-        rerank = "" if r.rerank_score is None else f"  match {r.rerank_score:.3f}"
-        print(f"{rank:>3}  {r.embedding_score:+.3f}{rerank}  {r.path}")
-    return 0
-
-
-def _ask(args: argparse.Namespace) -> int:
-    import json
-
-    from mmodal.data.images import ImageSkipped, read_image
-    from mmodal.explain import save_answer_picture
-    from mmodal.loading import load_model
-
-    try:
-        image = read_image(args.image).image
-    except ImageSkipped as skipped:
-        raise ValueError(f"cannot answer about {args.image}: {skipped.reason}") from None
-    model = load_model(args.model, allow_download=args.allow_download)
-    answer = model.ask([image], [args.question], alternatives=args.alternatives)[0]
-    if args.explain:
-        save_answer_picture(image, answer, args.explain)
-    if args.json:
-        print(json.dumps(answer.to_dict(), ensure_ascii=False))
-    else:
-        others = ", ".join(f"{a} ({c:.0%})" for a, c in answer.alternatives)
-        print(
-            f"{answer.answer}  (confidence {answer.confidence:.0%})" + (f"; other answers: {others}" if others else "")
-        )
-        if answer.note:
-            log.warning("%s", answer.note)
-    if args.explain:
-        print(f"answer map written to {args.explain}", file=sys.stderr)
-    return 0
-
-
-def _dedup(args: argparse.Namespace) -> int:
-    import json
-
-    from indexes.folders import open_index
-
-    with open_index(args.index) as index:
-        groups = index.near_duplicates(args.threshold)
-    if args.json:
-        print(json.dumps([[p for item in group for p in item.paths] for group in groups], indent=2))
-        return 0
-    for group in groups:
-        print("\n".join(p for item in group for p in item.paths) + "\n")
-    print(f"{len(groups)} groups of near-duplicates (cosine similarity ≥ {args.threshold})")
-    return 0
-
-
-def _info(args: argparse.Namespace) -> int:
-    import json
-
-    from indexes.folders import open_index
-
-    with open_index(args.index) as index:
-        stats = index.stats()
-        if args.skipped:
-            stats["skipped_files"] = [{"path": p, "reason": r} for p, r in index.skipped()]
-    if args.json:
-        print(json.dumps(stats, indent=2, ensure_ascii=False))
-        return 0
-    for key, value in stats.items():
-        if key != "skipped_files":
-            print(f"{key:>18}: {value}")
-    for entry in stats.get("skipped_files", []):
-        print(f"  skipped {entry['path']}: {entry['reason']}")
-    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -257,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of distinct search queries (default: n/2, at most 2000)",
     )
     shapes.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
-    shapes.set_defaults(handler=_data_shapes)
+    shapes.set_defaults(handler=data_shapes_command)
 
     from mmodal.training.config import RECIPES, SPEECH_EXTRAS
 
@@ -314,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="stop after this many steps at a checkpoint (continue later with --resume)",
     )
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=train_command)
 
     evaluate = commands.add_parser("eval", help="score models on a Shapes test split (P@10, mAP, foils, speech)")
     evaluate.add_argument("--model", nargs="+", required=True, help="model folder(s); several are scored side by side")
@@ -327,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also score a paraphrase set: a folder of search.tsv and questions.tsv (e.g. benchmarks/paraphrases)",
     )
-    evaluate.set_defaults(handler=_eval)
+    evaluate.set_defaults(handler=eval_command)
 
     index = commands.add_parser("index", help="add the images under folders to an index (resumable)")
     index.add_argument("paths", nargs="*", help="folders or image files (default: the folders indexed before)")
@@ -355,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="split a new index into this many shards by content hash (searched together; default: one index)",
     )
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
-    index.set_defaults(handler=_index)
+    index.set_defaults(handler=index_command)
 
     search = commands.add_parser("search", help="search an index by text, example image or voice")
     search.add_argument("text", nargs="?", help='what to look for, e.g. "a red circle left of a blue square"')
@@ -373,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-rerank", dest="rerank", action="store_false", help="rank by embedding similarity only")
     _add_model_options(search, "model name or folder (default: the model that built the index)")
     search.add_argument("--json", action="store_true", help='print [{"path", "score", ...}] as JSON')
-    search.set_defaults(handler=_search)
+    search.set_defaults(handler=search_command)
 
     ask = commands.add_parser("ask", help="answer a question about an image")
     ask.add_argument("image", help="image file")
@@ -382,19 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--alternatives", type=int, default=3, help="other answers to list (default 3)")
     ask.add_argument("--explain", metavar="OUT.png", help="write the answer map: where the question looked")
     ask.add_argument("--json", action="store_true", help='print {"answer", "confidence", "alternatives"}')
-    ask.set_defaults(handler=_ask)
+    ask.set_defaults(handler=ask_command)
 
     dedup = commands.add_parser("dedup", help="list groups of near-duplicate images in an index")
     dedup.add_argument("--index", required=True, help="index folder")
     dedup.add_argument("--threshold", type=float, default=0.98, help="cosine similarity to call a pair duplicates")
     dedup.add_argument("--json", action="store_true", help="print the groups as JSON")
-    dedup.set_defaults(handler=_dedup)
+    dedup.set_defaults(handler=dedup_command)
 
     info = commands.add_parser("info", help="show an index's size, model and structure")
     info.add_argument("--index", required=True, help="index folder")
     info.add_argument("--skipped", action="store_true", help="also list every skipped file and why")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(handler=_info)
+    info.set_defaults(handler=info_command)
 
     for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda c: c.name):
         command.load()(commands)

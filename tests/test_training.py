@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from kernels.contrastive import multi_positive_nce
 from mmodal.data.dataset import read_dataset
-from mmodal.evaluate import average_precision, evaluate, precision_at_10
-from mmodal.shapes.semantics import HELD_OUT_PAIRS
+from mmodal.evaluate import evaluate
+from mmodal.evaluate_search import average_precision, precision_at_10
+from mmodal.shapes.scene import HELD_OUT_PAIRS
 from mmodal.training.config import TrainConfig
 from mmodal.training.loop import train
 from mmodal.training.reading import ReadingStage

@@ -11,7 +11,7 @@ from PIL import Image
 
 from encoders.errors import TowerInputError
 from mmodal.cli import main
-from mmodal.evaluate import expected_calibration_error
+from mmodal.evaluate_questions import expected_calibration_error
 
 COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 230), "green": (40, 180, 60), "white": (245, 245, 245)}
 QUESTION = "what color is the square?"
@@ -113,7 +113,8 @@ def _reading(reasoner_config, question_type: str, a: dict, b: dict | None = None
 def test_slot_evidence_counts_checks_relations_and_reads_the_referent(model):
     """The answer reasoner's soft logic over ground-truth slots of a known scene says what the scene says."""
     from fusion.answers import AnswerConfig, AnswerReasoner
-    from mmodal.shapes.semantics import QUESTION_TYPES, Scene
+    from mmodal.shapes.scene import Scene
+    from mmodal.shapes.semantics import QUESTION_TYPES
     from mmodal.training.slots import ground_truth_slots
 
     scene = Scene.from_dict(
@@ -170,8 +171,9 @@ def test_the_shipped_model_answers_from_slots_and_scores_alike_with_or_without_b
 def test_training_questions_take_the_answers_in_turn_as_far_as_the_scenes_allow():
     from collections import Counter
 
+    from mmodal.shapes.question_sampling import count_question
     from mmodal.shapes.semantics import COUNT_WORDS
-    from mmodal.shapes.world import count_question, sample_scene
+    from mmodal.shapes.world import sample_scene
     from mmodal.training.questions import draw_questions
 
     rng = np.random.default_rng(0)
