@@ -10,7 +10,6 @@ import copy
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from encoders.audio import AudioEncoder, preprocess_audio
 from encoders.errors import TowerInputError
@@ -33,6 +32,7 @@ from fusion.adapters import Adapter, SlotPooler
 from fusion.answers import AnswerReasoner
 from fusion.reasoner import Decision, Parse, SlotReasoner
 from indexes.atomic import default_file_mode, replace_file
+from mmodal.answering import Answer, AnswerWriter, EvidenceScores, doubted, looked_at
 from mmodal.config import RETIRED_MODULES, ModelConfig
 from mmodal.retrieval import RetrievalModel, checked_texts
 
@@ -41,49 +41,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 EMBEDDED_MODELS = Path(__file__).parent / "models"  # models shipped inside the package, by name
 DEFAULT_MODEL = "shapes"
-MAX_ANSWER_TOKENS = 8
-
-
-class EvidenceScores(LogitsProcessor):
-    """Beam search's next-word log-probabilities from the core, turned into the answer's by the answer reasoner
-    (sharpened and shifted by each question's evidence ``features``, (B, E))."""
-
-    def __init__(self, answerer: AnswerReasoner, features: torch.Tensor, beams: int = 1):
-        self.answerer, self.features, self.beams = answerer, features, beams
-
-    def row(self, b: int) -> EvidenceScores:
-        return EvidenceScores(self.answerer, self.features[b : b + 1])
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        # Beam search hands over log-softmaxed logits, which differ from the logits by a constant per row: the
-        # answer's scores come out the same from either.
-        features = self.features.repeat_interleave(self.beams, dim=0)
-        return self.answerer.answer_scores(scores[:, None, :], features, input_ids.shape[1] - 1)[:, 0]
-
-
-@dataclass
-class Answer:
-    answer: str
-    confidence: float
-    alternatives: list[tuple[str, float]]
-    # The objects the answer looked at: cx, cy, d as fractions of the picture, and the weight it gave each.
-    looked_at: list[dict] = field(default_factory=list)
-    note: str | None = None  # what the model cannot answer, for a model that answers only some questions
-    unknown_words: list[str] = field(default_factory=list)  # words of the question the model cannot read
-
-    def to_dict(self) -> dict:
-        out = {
-            "answer": self.answer,
-            "confidence": round(self.confidence, 6),
-            "alternatives": [{"answer": a, "confidence": round(c, 6)} for a, c in self.alternatives],
-        }
-        if self.looked_at:
-            out["looked_at"] = self.looked_at
-        if self.note:
-            out["note"] = self.note
-        if self.unknown_words:
-            out["unknown_words"] = self.unknown_words
-        return out
 
 
 class MModalModel(nn.Module, RetrievalModel):
@@ -308,23 +265,7 @@ class MModalModel(nn.Module, RetrievalModel):
         names the objects that counted.
         """
         answers = self._answer(images, questions, alternatives)
-        return [self._doubted(answer, question) for answer, question in zip(answers, questions)]
-
-    def _doubted(self, answer: Answer, question: str) -> Answer:
-        """The answer's confidence scaled by the share of known words: the decoder is sure of itself even where
-        it cannot read the question, so its own probability says nothing there."""
-        unknown = self.unknown_words(question)
-        if not unknown:
-            return answer
-        words = max(1, len(WORD.findall(question)))
-        known = max(0.0, 1 - len(unknown) / words)
-        return replace(
-            answer,
-            confidence=answer.confidence * known,
-            alternatives=[(a, c * known) for a, c in answer.alternatives],
-            note=f"the model does not know the words {', '.join(unknown[:5])}: the answer is a guess",
-            unknown_words=unknown,
-        )
+        return [doubted(answer, question, self.unknown_words(question)) for answer, question in zip(answers, questions)]
 
     def _answer(self, images, questions: Sequence[str], alternatives: int) -> list[Answer]:
         if len(images) != len(questions):
@@ -333,25 +274,12 @@ class MModalModel(nn.Module, RetrievalModel):
         _, slots = self.encode_image_slots(images)
         prefix, _, evidence = self.answer_prefix(slots, ids, mask)
         prefix_mask = torch.ones(prefix.shape[:2], dtype=mask.dtype, device=self.device)
-        position = slots[..., self.slot_encoder.layout.position]
-        present = slots[..., 0] > 0
-        looked = [
-            [
-                {
-                    "cx": round(float(x), 4),
-                    "cy": round(float(y), 4),
-                    "d": round(float(d), 4),
-                    "weight": round(float(w), 4),
-                }
-                for (x, y, d), w, real in zip(position[b].tolist(), evidence.looked_at[b].tolist(), present[b].tolist())
-                if real
-            ]
-            for b in range(len(questions))
-        ]
+        looked = looked_at(self.slot_boxes(slots), slots[..., 0] > 0, evidence.looked_at)
         scored = EvidenceScores(self.answerer, evidence.features)
+        writer = AnswerWriter(self.language, self.tokenizer, self.answerer)
         return [
             Answer(best, confidence, ranked, looked_at=looked[b])
-            for b, (best, confidence, ranked) in enumerate(self._decode(prefix, prefix_mask, alternatives, scored))
+            for b, (best, confidence, ranked) in enumerate(writer.decode(prefix, prefix_mask, alternatives, scored))
         ]
 
     def answer_prefix(self, slots: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor):
@@ -372,56 +300,6 @@ class MModalModel(nn.Module, RetrievalModel):
         labels = answer_ids.masked_fill(answer_mask == 0, -100)[:, 1:]
         loss = torch.nn.functional.nll_loss(scores.reshape(-1, scores.shape[-1]), labels.reshape(-1))
         return loss, out.aux_loss
-
-    def _decode(
-        self, prefix: torch.Tensor, prefix_mask: torch.Tensor, alternatives: int, scored: EvidenceScores
-    ) -> list[tuple[str, float, list[tuple[str, float]]]]:
-        """Beam search after each prefix → (answer, its probability, the other beams' answers) per row; ``scored``
-        turns the core's word log-probabilities into the answer's."""
-        beams = max(1, alternatives + 1)
-        scored.beams = beams
-        start = torch.full((len(prefix), 1), self.tokenizer.bos_token_id, device=self.device)
-        out = self.language.generate(
-            input_ids=start,
-            prefix_embeds=prefix,
-            prefix_mask=prefix_mask,
-            max_new_tokens=MAX_ANSWER_TOKENS,
-            num_beams=beams,
-            num_return_sequences=beams,
-            do_sample=False,
-            length_penalty=0.0,  # scores are plain log-probabilities of the whole answer
-            early_stopping=True,
-            output_scores=True,
-            return_dict_in_generate=True,
-            use_cache=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            logits_processor=LogitsProcessorList([scored]),
-        )
-        texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-        scores = out.sequences_scores.exp().tolist() if beams > 1 else None
-        decoded = []
-        for b in range(len(prefix)):
-            if scores is None:
-                probability = self._sequence_probability(
-                    prefix[b : b + 1], prefix_mask[b : b + 1], out.sequences[b], scored.row(b)
-                )
-                ranked = [(texts[b].strip(), probability)]
-            else:
-                ranked = []
-                for r in range(b * beams, (b + 1) * beams):
-                    if texts[r].strip() not in [t for t, _ in ranked]:
-                        ranked.append((texts[r].strip(), scores[r]))
-            decoded.append((ranked[0][0], ranked[0][1], ranked[1:]))
-        return decoded
-
-    def _sequence_probability(self, prefix, prefix_mask, sequence, scored: EvidenceScores) -> float:
-        ids = sequence.unsqueeze(0)
-        logits = self.language(input_ids=ids, prefix_embeds=prefix, prefix_mask=prefix_mask).logits
-        words = self.answerer.answer_scores(logits[:, :-1], scored.features, 0)[0]
-        logp = words.gather(1, ids[0, 1:, None]).squeeze(1)
-        keep = ids[0, 1:] != self.tokenizer.pad_token_id
-        return float(logp[keep].sum().exp())
 
     # ------------------------------------------------------------------------------------- checkpoints
 

@@ -168,7 +168,7 @@ class ConSEModel(nn.Module, RetrievalModel):
 
     def ask(self, images: Sequence[Image.Image], questions: Sequence[str], alternatives: int = 3):
         """What each picture shows, from the classifier's top classes, with a note that nothing else is answered."""
-        from mmodal.model import Answer
+        from mmodal.answering import Answer
 
         if len(images) != len(questions):
             raise TowerInputError(f"ask() pairs images with questions: got {len(images)} and {len(questions)}")

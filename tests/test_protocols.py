@@ -15,9 +15,9 @@ from indexes.folders import open_index
 from indexes.manifest import ModelIdentity
 from indexes.metadata import NewItem
 from indexes.protocol import Index
+from mmodal.answering import Answer
 from mmodal.data.sample_photos import sample_photo_paths
 from mmodal.loading import load_model
-from mmodal.model import Answer
 from mmodal.retrieval import Model, UnsupportedQueryError
 from tests.tiny_models import tiny_dual_encoder, tiny_swin_classifier
 
