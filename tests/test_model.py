@@ -145,9 +145,17 @@ def test_moe_core_routes_every_token_and_reports_load():
 
 
 def test_router_entropy_is_a_share_of_its_maximum():
-    core = _core()
-    core(torch.randint(3, 40, (4, 9)))
-    assert 0 < core.router_entropy() <= 1
+    core = _core().eval()
+    tokens = torch.randint(3, 40, (4, 9))
+    with torch.no_grad():
+        for layer in core.layers:  # routers that cannot tell experts apart spread every token evenly
+            layer.moe.router.weight.zero_()
+        core(tokens)
+        assert core.router_entropy() == pytest.approx(1.0, abs=1e-6)
+        for layer in core.layers:  # sharp routers: each token's choice is all but certain
+            torch.nn.init.normal_(layer.moe.router.weight, std=1e3)
+        core(tokens)
+        assert core.router_entropy() < 0.05
 
 
 def test_a_dense_core_sends_every_token_through_the_shared_experts():
