@@ -127,15 +127,16 @@ def test_ask_gives_the_models_answer_with_a_map(served, dataset, model):
         assert overlay.size == size
 
 
-def test_answers_are_mostly_right_on_easy_questions(served, dataset):
+def test_answers_are_right_on_easy_questions(served, dataset):
     _, _, client = served
     files = {r.id: dataset.root / r.file for r in dataset.images}
-    records = [q for q in dataset.questions if q.type == "size"][:8]
+    records = [q for q in dataset.questions if q.type == "size"][:30]
     right = 0
     for record in records:
         answer, *_ = client.predict(handle_file(str(files[record.image_id])), record.question, 0, api_name="/ask")
         right += answer == record.answer
-    assert right >= len(records) // 2, f"{right} of {len(records)} size questions answered right"
+    # The shipped model answers 78 of this split's 79 size questions right.
+    assert right >= 27, f"{right} of {len(records)} size questions answered right"
 
 
 def test_bad_input_gets_a_message(served, tmp_path):

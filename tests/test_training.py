@@ -181,33 +181,38 @@ def test_ranking_metrics_follow_the_spec():
 
 
 @pytest.mark.slow
-def test_evaluate_reports_every_metric(shapes_test_dir, shapes_train_dir, tmp_path):
-    folder = train(_config(tmp_path, shapes_train_dir, perception_steps=1, reading_steps=1, joint_steps=1))
-    from mmodal.model import MModalModel
-
-    report = evaluate(MModalModel.from_pretrained(folder), read_dataset(shapes_test_dir))
-    assert set(report["search"]["embedding"]) >= {
-        "all",
-        "object",
-        "binding",
-        "relation",
-        "count",
-        "conjunction",
-        "held_out",
-    }
-    assert all(0 <= v["p@10"] <= 1 for v in report["search"]["reranked"].values())
-    assert all(0 <= v["p@10"] <= 1 for v in report["search"]["ground_truth_slots"].values())
-    assert set(report["search"]["recall_at"]["all"]) == {"10", "50", "100", "200", "500"}
+def test_evaluate_reports_what_the_shipped_model_does(model, shapes_test_dir):
+    report = evaluate(model, read_dataset(shapes_test_dir))
+    search = report["search"]
+    kinds = {"all", "object", "binding", "relation", "count", "conjunction", "held_out"}
+    assert set(search["embedding"]) >= kinds and set(search["reranked"]) >= kinds
+    assert set(search["recall_at"]["all"]) == {"10", "50", "100", "200", "500"}
+    # On this split the shipped model re-ranks every query kind perfectly (P@10 1.0; the late embedding alone
+    # 0.85, counts 0.68): the reasoner, not the embedding, carries compositional queries.
+    assert all(search["reranked"][kind]["p@10"] >= 0.9 for kind in kinds)
+    assert search["reranked"]["all"]["p@10"] >= search["embedding"]["all"]["p@10"] + 0.08
+    assert search["reranked"]["count"]["p@10"] >= search["embedding"]["count"]["p@10"] + 0.2
+    assert all(search["ground_truth_slots"][kind]["p@10"] >= 0.9 for kind in kinds)
     per_object = {"objects", "found", "color", "shape", "size"}
-    assert set(report["detector"]) == per_object | {f"held_out_{k}" for k in per_object} | {"spurious_per_image"}
+    detector = report["detector"]
+    assert set(detector) == per_object | {f"held_out_{k}" for k in per_object} | {"spurious_per_image"}
     scenes = [r.scene for r in read_dataset(shapes_test_dir).images]
-    assert report["detector"]["objects"] == sum(len(s.objects) for s in scenes)
+    assert detector["objects"] == sum(len(s.objects) for s in scenes)
     held_out = sum((o.color, o.shape) in HELD_OUT_PAIRS for s in scenes for o in s.objects)
-    assert report["detector"]["held_out_objects"] == held_out > 0
+    assert detector["held_out_objects"] == held_out > 0
+    # It finds every object (1.0) and names its colour, shape and size (≥ 0.99), held-out pairs too (≥ 0.94).
+    assert detector["found"] >= 0.97 and min(detector[k] for k in ("color", "shape", "size")) >= 0.95
+    assert min(detector[f"held_out_{k}"] for k in ("found", "color", "shape", "size")) >= 0.88
+    assert detector["spurious_per_image"] <= 0.1
+    # Foils: the re-rank prefers the true caption every time (1.0); the embedding alone 0.56–0.79.
     assert set(report["foils"]) == {"color_swap", "relation_swap", "count_change"}
-    assert 0 <= report["moe"]["min_share_of_uniform"] <= 1
+    assert all(f["reranked"] >= 0.95 and f["reranked"] > f["embedding"] for f in report["foils"].values())
+    # Questions: 0.99 right over all types, 0.95 on held-out pairs.
+    assert report["vqa"]["all"]["accuracy"] >= 0.95 and report["vqa"]["held_out_all"]["accuracy"] >= 0.85
+    # Routing: no expert falls below 0.84 of an even share.
+    assert report["moe"]["min_share_of_uniform"] >= 0.6
     if any(q.audio for q in read_dataset(shapes_test_dir).queries):
-        assert 0 <= report["speech"]["p@10"] <= 1
+        assert report["speech"]["typed"]["p@10"] >= 0.95 and report["speech"]["n"] > 0
 
 
 @pytest.mark.slow
