@@ -175,8 +175,8 @@ class AudioEncoder(nn.Module):
         x = x + self.positions[:, :n]
         if self.config.block == "conformer":
             # torchaudio's conformer masks by lengths and expects the batch no longer than its longest clip.
-            kept = int(token_lengths.clamp(max=n).max())
-            x = torch.cat([self.conformer(x[:, :kept], token_lengths.clamp(max=kept))[0], x[:, kept:]], dim=1)
+            kept = int(token_lengths.max())
+            x = torch.cat([self.conformer(x[:, :kept], token_lengths)[0], x[:, kept:]], dim=1)
         else:
             x = self.transformer(x, src_key_padding_mask=~mask)
         return self.norm(x), mask

@@ -39,9 +39,10 @@ def speech_metrics(
         batches = [clips[i : i + BATCH] for i in range(0, len(clips), BATCH)]
         progress = tqdm(batches, desc="transcribe", unit="batch", leave=False)
         transcripts = [t for batch in progress for t in model.transcribe(batch)]
+    by_words = [searchable(model, t) for t in transcripts] if transcripts else [False] * len(spoken)
     spoken_rankings = [
-        rank(Query(text=t.text)) if transcripts and searchable(model, t) else by_sound
-        for t, by_sound in zip(transcripts or [None] * len(spoken), sound)
+        rank(Query(text=t.text)) if words else by_sound
+        for t, words, by_sound in zip(transcripts or [None] * len(spoken), by_words, sound)
     ]
 
     def figures(picks: list[int]) -> dict:
@@ -61,7 +62,7 @@ def speech_metrics(
             "p@10": said["p@10"],
             "map": said["map"],
             **_word_errors(queries, heard),
-            "heard_share": round(float(np.mean([searchable(model, t) for t in heard])), 4),
+            "heard_share": round(float(np.mean([by_words[i] for i in picks])), 4),
             "confidence_median": round(float(np.median([t.confidence for t in heard])), 4),
         }
 

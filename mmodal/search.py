@@ -77,7 +77,7 @@ class SearchResult:
 def searchable(model: Model, transcript: Transcript) -> bool:
     """Whether a spoken query is searched by its words: heard clearly, and asking for something the pictures can
     show. A few clear function words ("a", "the") are what speech in other languages often sounds like."""
-    return transcript.heard and model.read_queries([transcript.text])[0].asks_for_something
+    return transcript.heard and model.encode_and_read([transcript.text])[1][0].asks_for_something
 
 
 class Searcher:
