@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 
-from app.settings import AUTH_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD
+from mmodal.app.settings import AUTH_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     import torch
-
-    from app.server import Collection, ServeOptions, launch, parse_auth
+    from mmodal.app.server import Collection, ServeOptions, launch, parse_auth
 
     # One thread per search, and as many searches at once as there are cores (ServeOptions.concurrency): the
     # model's operations are small, so one search gains little from a second thread, and two searches gain twice.

@@ -7,8 +7,9 @@ import os
 import threading
 from pathlib import Path
 
-from indexes.errors import IndexBusyError
-from indexes.folders import open_index, recorded_model, remodel_empty
+from mmodal.indexes.errors import IndexBusyError
+from mmodal.indexes.folders import open_index, recorded_model, remodel_empty
+
 from mmodal.loading import index_model_name, load_model
 from mmodal.pipeline import IndexSummary, index_collection
 from mmodal.retrieval import Model

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.route_utils import get_api_call_path, get_root_url
-
-from app.collection import Collection
-from app.inputs import audio_upload, image_upload, whole_number_slider
-from app.settings import (
+from mmodal.app.collection import Collection
+from mmodal.app.inputs import audio_upload, image_upload, whole_number_slider
+from mmodal.app.settings import (
     CACHE_MAX_AGE_SECONDS,
     CACHE_SWEEP_SECONDS,
     DEFAULT_HOST,
@@ -28,8 +27,9 @@ from app.settings import (
     QUEUE_SIZE,
     SESSION_CAPACITY,
 )
-from app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
-from indexes.errors import IndexProblem
+from mmodal.app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
+from mmodal.indexes.errors import IndexProblem
+
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.explain import answer_picture
 from mmodal.loading import EMBEDDED_NAMES

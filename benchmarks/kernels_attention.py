@@ -1,4 +1,4 @@
-"""Forward and forward + backward time of masked_attention's Triton kernels (kernels.attention) against its
+"""Forward and forward + backward time of masked_attention's Triton kernels (mmodal.kernels.attention) against its
 plain-torch reference, eager and under torch.compile, and against bare scaled_dot_product_attention.
 
     python benchmarks/kernels_attention.py --dtype bfloat16
@@ -53,7 +53,7 @@ def _inputs(shape, dtype: torch.dtype, seed: int = 0):
 
 
 def _implementations(key_mask, options, len_q: int, len_k: int):
-    from kernels.attention import masked_attention, masked_attention_reference, visible_keys
+    from mmodal.kernels.attention import masked_attention, masked_attention_reference, visible_keys
 
     def reference(q, k, v):
         return masked_attention_reference(q, k, v, key_mask, **options)
@@ -87,7 +87,7 @@ def _time(fn, grads_of) -> dict[str, object]:
 
 
 def _bench_shape(shape, dtype: torch.dtype) -> dict[str, object]:
-    from kernels.attention import masked_attention_reference
+    from mmodal.kernels.attention import masked_attention_reference
 
     batch, heads, len_q, len_k, head_dim = shape[:5]
     q, k, v, key_mask, options = _inputs(shape, dtype)

@@ -1,4 +1,4 @@
-"""Forward + backward time and peak memory of the fused contrastive loss (kernels.contrastive) against its
+"""Forward + backward time and peak memory of the fused contrastive loss (mmodal.kernels.contrastive) against its
 plain-torch reference, eager and under torch.compile, on CLIP-sized bf16 batches.
 
     python benchmarks/kernels_contrastive.py --sizes 4096 32768 --dim 256
@@ -35,7 +35,7 @@ def _inputs(n: int, dim: int, diagonal: bool, seed: int = 0):
 
 
 def _implementations(hard_negatives: int):
-    from kernels.contrastive import contrastive_loss, contrastive_loss_reference
+    from mmodal.kernels.contrastive import contrastive_loss, contrastive_loss_reference
 
     def reference(rows, cols, scale, positives):
         return contrastive_loss_reference(rows, cols, scale, positives).loss

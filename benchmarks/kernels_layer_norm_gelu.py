@@ -21,7 +21,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU (the kernel's CPU tests run under Triton's interpreter instead)")
 
-    from kernels.layer_norm_gelu import LayerNormLinearGELUFunction, layer_norm_linear_gelu_reference
+    from mmodal.kernels.layer_norm_gelu import LayerNormLinearGELUFunction, layer_norm_linear_gelu_reference
 
     compiled = torch.compile(layer_norm_linear_gelu_reference)
     shapes = {

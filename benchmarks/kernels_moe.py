@@ -1,4 +1,4 @@
-"""The routed experts of the language core (kernels.moe.moe_experts): the Triton path (gating, permutation,
+"""The routed experts of the language core (mmodal.kernels.moe.moe_experts): the Triton path (gating, permutation,
 grouped matmuls, weighted un-permute) against the plain-torch reference (a loop over experts), eager and under
 torch.compile, forward and forward + backward, on the GPU.
 
@@ -25,7 +25,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU (the kernels' CPU tests run under Triton's interpreter instead)")
 
-    import kernels.moe as moe
+    import mmodal.kernels.moe as moe
 
     compiled = torch.compile(moe.moe_experts_reference)
     shapes = {

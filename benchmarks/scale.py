@@ -23,11 +23,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-
-from indexes import vectors as index_vectors
-from indexes.folders import open_index
-from indexes.manifest import ModelIdentity
-from indexes.metadata import NewItem
+from mmodal.indexes import vectors as index_vectors
+from mmodal.indexes.folders import open_index
+from mmodal.indexes.manifest import ModelIdentity
+from mmodal.indexes.metadata import NewItem
 
 TARGETS = {"100M": 100_000_000, "1B": 1_000_000_000}
 IVF_NLIST = 1024

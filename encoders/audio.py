@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchaudio
+from mmodal.encoders.errors import TowerInputError
 from torch import nn
-
-from encoders.errors import TowerInputError
 
 SAMPLE_RATE = 16_000
 

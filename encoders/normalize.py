@@ -1,10 +1,9 @@
-"""uint8 pixels to a tower's float input: the one torch step after letterboxing (``encoders.pixels``)."""
+"""uint8 pixels to a tower's float input: the one torch step after letterboxing (``mmodal.encoders.pixels``)."""
 
 from __future__ import annotations
 
 import torch
-
-from encoders.pixels import PIXEL_MEAN, PIXEL_STD
+from mmodal.encoders.pixels import PIXEL_MEAN, PIXEL_STD
 
 
 def normalize_pixels(pixels: torch.Tensor, mean=PIXEL_MEAN, std=PIXEL_STD) -> torch.Tensor:

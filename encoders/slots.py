@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from mmodal.encoders.errors import TowerInputError
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 from torchvision.ops import roi_align
-
-from encoders.errors import TowerInputError
 
 
 @dataclass
@@ -173,7 +172,7 @@ class SlotEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, S, S) normalised; frames (B, 4) = (x0, y0, w, h) of each picture in its square
-        (see ``encoders.pixels.letterbox_frame``) → slots (B, N, layout.width), absent slots all zero."""
+        (see ``mmodal.encoders.pixels.letterbox_frame``) → slots (B, N, layout.width), absent slots all zero."""
         self.check_pixels(pixels)
         c = self.config
         detections = decode_detections(self.detector(pixels), c)

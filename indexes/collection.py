@@ -19,16 +19,15 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
-from indexes import vectors
-from indexes.errors import (
+from mmodal.indexes import vectors
+from mmodal.indexes.errors import (
     IndexBusyError,
     IndexNotFoundError,
     ManifestDamagedError,
     ModelMismatchError,
 )
-from indexes.hits import Hit, RowCache, group_near_duplicates
-from indexes.integrity import (
+from mmodal.indexes.hits import Hit, RowCache, group_near_duplicates
+from mmodal.indexes.integrity import (
     INDEX_FILE,
     MODEL_RECORD,
     manifest_from_store,
@@ -36,13 +35,13 @@ from indexes.integrity import (
     recorded_manifest,
     same_structure,
 )
-from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity, file_checksum
-from indexes.metadata import METADATA_FILE, ItemInfo, MetadataStore
+from mmodal.indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity, file_checksum
+from mmodal.indexes.metadata import METADATA_FILE, ItemInfo, MetadataStore
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
-SHARDS_FILE = "shards.json"  # beside the shard folders of a sharded index (indexes.shards)
+SHARDS_FILE = "shards.json"  # beside the shard folders of a sharded index (mmodal.indexes.shards)
 _WRITING: set[Path] = set()  # POSIX record locks do not exclude a second writer in the same process
 # Rows an index opened for searching keeps in memory (about 2 KB each with slots), so that the candidates that
 # searches share are read from SQLite once.
@@ -135,7 +134,7 @@ class ImageIndex:
         folder = Path(folder)
         if not (folder / MANIFEST_FILE).is_file():
             if (folder / SHARDS_FILE).is_file():
-                raise IndexNotFoundError(f"{folder} is a sharded index: open it with indexes.folders.open_index")
+                raise IndexNotFoundError(f"{folder} is a sharded index: open it with mmodal.indexes.folders.open_index")
             raise IndexNotFoundError(
                 f"no mmodal index in {folder}: build one with `mmodal index PATH --index {folder}`"
             )
@@ -243,7 +242,7 @@ class ImageIndex:
 
     def write_batch(self, new_items=(), relinked=(), skipped=()) -> list[int]:
         """Commits a batch in one transaction: new images, copies of indexed ones, skipped files (see
-        :meth:`indexes.metadata.MetadataStore.write_batch`); the FAISS file catches up on :meth:`sync`."""
+        :meth:`mmodal.indexes.metadata.MetadataStore.write_batch`); the FAISS file catches up on :meth:`sync`."""
         return self.store.write_batch(new_items, relinked, skipped)
 
     def paths_under(self, root: str) -> list[str]:

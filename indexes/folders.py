@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from indexes.collection import ImageIndex
-from indexes.errors import ModelMismatchError
-from indexes.integrity import recorded_manifest
-from indexes.manifest import Manifest, ModelIdentity
-from indexes.protocol import Index
-from indexes.shards import ShardedIndex, is_sharded, recorded_shards, shard_folder
+from mmodal.indexes.collection import ImageIndex
+from mmodal.indexes.errors import ModelMismatchError
+from mmodal.indexes.integrity import recorded_manifest
+from mmodal.indexes.manifest import Manifest, ModelIdentity
+from mmodal.indexes.protocol import Index
+from mmodal.indexes.shards import ShardedIndex, is_sharded, recorded_shards, shard_folder
 
 MODES = ("r", "w")
 

@@ -9,8 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-
-from indexes.metadata import ItemInfo
+from mmodal.indexes.metadata import ItemInfo
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,10 @@ import sqlite3
 from pathlib import Path
 
 import faiss
-
-from indexes import vectors
-from indexes.errors import IndexCorruptedError, ManifestDamagedError
-from indexes.manifest import MANIFEST_FILE, Manifest, file_checksum
-from indexes.metadata import METADATA_FILE
+from mmodal.indexes import vectors
+from mmodal.indexes.errors import IndexCorruptedError, ManifestDamagedError
+from mmodal.indexes.manifest import MANIFEST_FILE, Manifest, file_checksum
+from mmodal.indexes.metadata import METADATA_FILE
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexes.atomic import write_bytes
-from indexes.errors import IndexCorruptedError, ManifestDamagedError, ModelMismatchError
+from mmodal.indexes.atomic import write_bytes
+from mmodal.indexes.errors import IndexCorruptedError, ManifestDamagedError, ModelMismatchError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2  # 2: items keep object slots beside their vectors (metadata column ``slots``)

@@ -19,8 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-
-from indexes.errors import IndexCorruptedError
+from mmodal.indexes.errors import IndexCorruptedError
 
 METADATA_FILE = "metadata.sqlite"
 MAX_SLOTS = 16

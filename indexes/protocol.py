@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-from indexes.manifest import Manifest
-from indexes.metadata import ItemInfo
+from mmodal.indexes.manifest import Manifest
+from mmodal.indexes.metadata import ItemInfo
 
 
 @runtime_checkable
@@ -24,7 +23,7 @@ class Index(Protocol):
     # searching and inspecting
 
     def search(self, queries: np.ndarray, k: int) -> list:
-        """Top-``k`` hits (:class:`indexes.hits.Hit`) for each query vector (Q, D), best first."""
+        """Top-``k`` hits (:class:`mmodal.indexes.hits.Hit`) for each query vector (Q, D), best first."""
 
     def slots_for(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Object slots of the given images, by id, to re-rank hits without reading images."""

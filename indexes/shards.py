@@ -20,13 +20,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-
-from indexes.atomic import write_json
-from indexes.collection import SHARDS_FILE, ImageIndex
-from indexes.errors import IndexNotFoundError, ModelMismatchError
-from indexes.hits import Hit, group_near_duplicates
-from indexes.manifest import Manifest, ModelIdentity
-from indexes.metadata import ItemInfo, NewItem
+from mmodal.indexes.atomic import write_json
+from mmodal.indexes.collection import SHARDS_FILE, ImageIndex
+from mmodal.indexes.errors import IndexNotFoundError, ModelMismatchError
+from mmodal.indexes.hits import Hit, group_near_duplicates
+from mmodal.indexes.manifest import Manifest, ModelIdentity
+from mmodal.indexes.metadata import ItemInfo, NewItem
 
 
 def shard_of(content_hash: str, n_shards: int) -> int:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
-from indexes.atomic import replace_file
-from indexes.metadata import MetadataStore
+from mmodal.indexes.atomic import replace_file
+from mmodal.indexes.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
 

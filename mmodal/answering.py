@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
 
-from encoders.language import MoELanguageModel
-from encoders.tokenizer import WORD
-from fusion.answers import AnswerReasoner
+from mmodal.encoders.language import MoELanguageModel
+from mmodal.encoders.tokenizer import WORD
+from mmodal.fusion.answers import AnswerReasoner
 
 MAX_ANSWER_TOKENS = 8
 

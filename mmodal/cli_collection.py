@@ -111,7 +111,7 @@ def ask_command(args: argparse.Namespace) -> int:
 def dedup_command(args: argparse.Namespace) -> int:
     import json
 
-    from indexes.folders import open_index
+    from mmodal.indexes.folders import open_index
 
     with open_index(args.index) as index:
         groups = index.near_duplicates(args.threshold)
@@ -127,7 +127,7 @@ def dedup_command(args: argparse.Namespace) -> int:
 def info_command(args: argparse.Namespace) -> int:
     import json
 
-    from indexes.folders import open_index
+    from mmodal.indexes.folders import open_index
 
     with open_index(args.index) as index:
         stats = index.stats()

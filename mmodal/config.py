@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from encoders.audio import AudioEncoderConfig
-from encoders.language import TextConfig
-from encoders.slots import SlotConfig
-from fusion.answers import AnswerConfig
-from fusion.reasoner import ReasonerConfig
+from mmodal.encoders.audio import AudioEncoderConfig
+from mmodal.encoders.language import TextConfig
+from mmodal.encoders.slots import SlotConfig
+from mmodal.fusion.answers import AnswerConfig
+from mmodal.fusion.reasoner import ReasonerConfig
 from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES
 from mmodal.shapes.semantics import QUESTION_TYPES
 
@@ -102,7 +102,7 @@ class ModelConfig:
         return cls(**kwargs)
 
     def save(self, folder: str | Path) -> None:
-        from indexes.atomic import write_json
+        from mmodal.indexes.atomic import write_json
 
         write_json(Path(folder) / CONFIG_FILE, self.to_dict())
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from indexes.folders import open_index
-from indexes.metadata import NewItem, present_slots
 from mmodal.data.dataset import Dataset
+from mmodal.indexes.folders import open_index
+from mmodal.indexes.metadata import NewItem, present_slots
 from mmodal.model import MModalModel
 from mmodal.search import Query, Searcher
 from mmodal.shapes.scene import SpecError

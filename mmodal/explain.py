@@ -8,7 +8,7 @@ import os
 
 from PIL import Image, ImageDraw
 
-from indexes.atomic import write_bytes
+from mmodal.indexes.atomic import write_bytes
 
 
 def answer_boxes(image: Image.Image, looked_at: list[dict], opacity: float = 0.6) -> Image.Image:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from indexes.folders import recorded_model
+from mmodal.indexes.folders import recorded_model
 from mmodal.model import DEFAULT_MODEL, MModalModel, resolve_model_path
 from mmodal.pretrained import CONFIG_FILE, CONSE_KIND, ClipModel, ConSEConfig, ConSEModel, build_conse_model
 
@@ -77,8 +77,8 @@ def photos_folder() -> Path:
     """The ``photos`` model's folder, assembled from the installed packages the first time."""
     folder = model_home() / f"{PHOTOS_MODEL}-{PHOTOS_BUILD}"
     if not (folder / CONFIG_FILE).is_file():
-        from encoders.imagenet import EFFICIENTNET_LITE0, efficientnet_lite0_from_package, imagenet_class_names
-        from encoders.sentence import minilm_folder
+        from mmodal.encoders.imagenet import EFFICIENTNET_LITE0, efficientnet_lite0_from_package, imagenet_class_names
+        from mmodal.encoders.sentence import minilm_folder
 
         log.info("assembling the photos model from EfficientNet-Lite0 and MiniLM into %s (once)", folder)
         config = ConSEConfig(
@@ -93,8 +93,8 @@ def photos_folder() -> Path:
 
 def _bridged_classifier(checkpoint: Path, name: str) -> Path:
     """A timm classifier checkpoint bridged to MiniLM, cached by the checkpoint's contents."""
-    from encoders.imagenet import timm_classifier_from_folder
-    from encoders.sentence import minilm_folder
+    from mmodal.encoders.imagenet import timm_classifier_from_folder
+    from mmodal.encoders.sentence import minilm_folder
 
     digest = hashlib.blake2b(digest_size=8)
     for part in sorted(p for p in checkpoint.iterdir() if p.is_file()):

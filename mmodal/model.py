@@ -20,20 +20,20 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from encoders.audio import AudioEncoder, preprocess_audio
-from encoders.errors import TowerInputError
-from encoders.language import MoEConfig, MoELanguageModel
-from encoders.normalize import normalize_pixels
-from encoders.pixels import letterboxed_batch
-from encoders.slots import SlotEncoder
-from encoders.tokenizer import WORD
-from encoders.transcribe import Transcript, WordDecoder
-from fusion.adapters import Adapter, SlotPooler
-from fusion.answers import AnswerReasoner
-from fusion.reasoner import Decision, Parse, SlotReasoner
-from indexes.atomic import default_file_mode, replace_file
 from mmodal.answering import Answer, AnswerWriter, EvidenceScores, doubted, looked_at
 from mmodal.config import RETIRED_MODULES, ModelConfig
+from mmodal.encoders.audio import AudioEncoder, preprocess_audio
+from mmodal.encoders.errors import TowerInputError
+from mmodal.encoders.language import MoEConfig, MoELanguageModel
+from mmodal.encoders.normalize import normalize_pixels
+from mmodal.encoders.pixels import letterboxed_batch
+from mmodal.encoders.slots import SlotEncoder
+from mmodal.encoders.tokenizer import WORD
+from mmodal.encoders.transcribe import Transcript, WordDecoder
+from mmodal.fusion.adapters import Adapter, SlotPooler
+from mmodal.fusion.answers import AnswerReasoner
+from mmodal.fusion.reasoner import Decision, Parse, SlotReasoner
+from mmodal.indexes.atomic import default_file_mode, replace_file
 from mmodal.retrieval import RetrievalModel, checked_texts
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class MModalModel(nn.Module, RetrievalModel):
         """Images → (B, D) embeddings and (B, N, slot_dim) object slots.
 
         PIL images carry their own frame; preprocessed pixels take ``frames`` (B, 4) from
-        ``encoders.pixels.letterbox_frame``, or are taken as filling their square.
+        ``mmodal.encoders.pixels.letterbox_frame``, or are taken as filling their square.
         """
         if torch.is_tensor(images):
             pixels = images.to(self.device)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.pixels import letterbox_frame
-from indexes.folders import open_index
-from indexes.metadata import NewItem, present_slots
-from indexes.protocol import Index
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
 from mmodal.data.images import ImageSkipped, stat_file, walk_images
+from mmodal.encoders.pixels import letterbox_frame
+from mmodal.indexes.folders import open_index
+from mmodal.indexes.metadata import NewItem, present_slots
+from mmodal.indexes.protocol import Index
 from mmodal.retrieval import Model
 from mmodal.workers import worker_pool
 
@@ -95,7 +95,7 @@ def index_collection(
     With no roots, re-scans the folders indexed before. Unchanged files cost one ``stat`` each and no model
     work; files removed from disk are removed from the index. ``engine="ray"`` decodes and encodes on a Ray
     cluster (:mod:`mmodal.ray_engine`, at ``ray_address`` or on this machine) instead of local workers.
-    ``shards`` > 1 makes a new index a sharded one (:mod:`indexes.shards`); an existing index keeps its layout.
+    ``shards`` > 1 makes a new index a sharded one (:mod:`mmodal.indexes.shards`); an existing index keeps its layout.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")

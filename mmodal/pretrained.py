@@ -26,13 +26,13 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-from encoders.errors import TowerInputError
-from encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
-from encoders.normalize import normalize_pixels
-from encoders.pixels import letterboxed_batch
-from encoders.sentence import SentenceEncoder
-from fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts
-from indexes.atomic import replace_folder
+from mmodal.encoders.errors import TowerInputError
+from mmodal.encoders.imagenet import TF_INPUT_MEAN, TF_INPUT_STD, create_classifier
+from mmodal.encoders.normalize import normalize_pixels
+from mmodal.encoders.pixels import letterboxed_batch
+from mmodal.encoders.sentence import SentenceEncoder
+from mmodal.fusion.conse import CLASS_PROMPTS, ConSEBridge, class_texts
+from mmodal.indexes.atomic import replace_folder
 from mmodal.retrieval import RetrievalModel, UnsupportedQueryError, checked_texts
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.metadata import NewItem, present_slots
 from mmodal.data.decode import DecodedFile, SkippedFile, decode_files
+from mmodal.indexes.metadata import NewItem, present_slots
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class EncoderActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from encoders.pixels import letterbox_frame
+        from mmodal.encoders.pixels import letterbox_frame
 
         n = len(batch["path"])
         ok = batch["reason"] == ""

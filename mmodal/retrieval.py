@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders.errors import TowerInputError
-from indexes.manifest import ModelIdentity
+from mmodal.encoders.errors import TowerInputError
+from mmodal.indexes.manifest import ModelIdentity
 
 MAX_TEXT_CHARS = 1000
 
@@ -59,7 +59,7 @@ class Model(Protocol):
     """What indexing, search, questions and the web app ask of a model: images and texts (and, where the model
     hears, voice clips) in one L2-normalised space.
 
-    Indexing decodes each file to letterboxed uint8 pixels at ``input_size`` (``encoders.pixels``) and calls
+    Indexing decodes each file to letterboxed uint8 pixels at ``input_size`` (``mmodal.encoders.pixels``) and calls
     ``encode_pixels``; search embeds its query with ``encode_text``, ``encode_image`` and ``encode_audio``.
     Models with object slots (``has_slots``) also re-rank (``encode_and_read``, ``decide``, ``slot_boxes``) and
     answer from them; the others refuse what they cannot do with :class:`UnsupportedQueryError`.
@@ -99,7 +99,7 @@ class Model(Protocol):
         """Voice clips, (waveform, sample rate) each → (B, D) embeddings of their sound."""
 
     def transcribe(self, clips) -> list:
-        """Voice clips → what each says (:class:`encoders.transcribe.Transcript`)."""
+        """Voice clips → what each says (:class:`mmodal.encoders.transcribe.Transcript`)."""
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of ``text`` the model never learned to read (none for a model that reads any text)."""

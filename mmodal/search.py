@@ -16,13 +16,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from encoders.tokenizer import WORD
-from encoders.transcribe import Transcript
-from fusion.reasoner import Decision, Parse
-from indexes.folders import open_index
-from indexes.hits import Hit
-from indexes.protocol import Index
 from mmodal.data.images import ImageSkipped, read_image
+from mmodal.encoders.tokenizer import WORD
+from mmodal.encoders.transcribe import Transcript
+from mmodal.fusion.reasoner import Decision, Parse
+from mmodal.indexes.folders import open_index
+from mmodal.indexes.hits import Hit
+from mmodal.indexes.protocol import Index
 from mmodal.retrieval import Model
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ def _install_fault(moment: str, rng: random.Random) -> None:
 
         faiss.write_index = half_written
     elif moment == "sqlite-commit":
-        from indexes import metadata
+        from mmodal.indexes import metadata
 
         commits = {"n": 0, "fatal": rng.randint(1, 4)}
         leave = metadata._Transaction.__exit__
@@ -99,7 +99,8 @@ def _committed(index_dir: Path) -> int:
 
 def check_index(index_dir: Path, reference: dict, queries: list[str], model) -> list[str]:
     """What is wrong with the index in ``index_dir`` against the reference run (nothing: [])."""
-    from indexes.folders import open_index
+    from mmodal.indexes.folders import open_index
+
     from mmodal.search import Query, Searcher
 
     problems = []
@@ -128,7 +129,8 @@ def _results(searcher, queries: list[str], query_type) -> list[list[tuple[str, f
 
 def run_trials(images: Path, out: Path, moments: list[str], queries: list[str], seed: int = 0) -> dict:
     """The reference run, then one kill-and-resume trial per moment; returns the tally."""
-    from indexes.folders import open_index
+    from mmodal.indexes.folders import open_index
+
     from mmodal.model import MModalModel
     from mmodal.search import Query, Searcher
 

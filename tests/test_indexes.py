@@ -8,14 +8,13 @@ import sqlite3
 
 import numpy as np
 import pytest
-
-from indexes import vectors
-from indexes.collection import ImageIndex
-from indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ModelMismatchError
-from indexes.hits import RowCache
-from indexes.integrity import INDEX_FILE
-from indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity
-from indexes.metadata import METADATA_FILE, SCHEMA, MetadataStore, NewItem
+from mmodal.indexes import vectors
+from mmodal.indexes.collection import ImageIndex
+from mmodal.indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ModelMismatchError
+from mmodal.indexes.hits import RowCache
+from mmodal.indexes.integrity import INDEX_FILE
+from mmodal.indexes.manifest import MANIFEST_FILE, Manifest, ModelIdentity
+from mmodal.indexes.metadata import METADATA_FILE, SCHEMA, MetadataStore, NewItem
 
 DIM = 16
 MODEL = ModelIdentity(name="test", weights_hash="ab" * 16, dim=DIM)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mmodal.encoders.tokenizer import build_tokenizer
+from mmodal.indexes.collection import ImageIndex
+from mmodal.indexes.metadata import METADATA_FILE
 from PIL import Image
 
-from encoders.tokenizer import build_tokenizer
-from indexes.collection import ImageIndex
-from indexes.metadata import METADATA_FILE
 from mmodal.cli import main
 from mmodal.config import tiny_config
 from mmodal.data.generate import generate_shapes

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from kernels.attention import (
+from mmodal.kernels.attention import (
     MAX_HEAD_DIM,
     attention_probabilities,
     masked_attention,
     masked_attention_reference,
     multihead_attention,
 )
+from torch import nn
 
 # fp32 kernel vs reference: both round in float32, but sum in a different order (blocked online softmax).
 FP32_TOLERANCE = dict(atol=2e-5, rtol=1e-4)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from encoders.language import MoEConfig, SparseMoE
-from kernels.moe import (
+from mmodal.encoders.language import MoEConfig, SparseMoE
+from mmodal.kernels.moe import (
     expert_layout,
     grouped_matmul,
     moe_experts,

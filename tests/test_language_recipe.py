@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mmodal.encoders.tokenizer import build_tokenizer
 from safetensors.torch import load_file
 
-from encoders.tokenizer import build_tokenizer
 from mmodal.config import tiny_config
 from mmodal.data.dataset import read_dataset
 from mmodal.model import MModalModel

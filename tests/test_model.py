@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.utils._pytree as pytree
+from mmodal.encoders.errors import TowerInputError
+from mmodal.encoders.language import MoEConfig, MoELanguageModel
+from mmodal.encoders.tokenizer import build_tokenizer
 from PIL import Image
 from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 
-from encoders.errors import TowerInputError
-from encoders.language import MoEConfig, MoELanguageModel
-from encoders.tokenizer import build_tokenizer
 from mmodal.config import ModelConfig, tiny_config
 from mmodal.model import MModalModel, resolve_model_path
 
@@ -50,7 +50,7 @@ def test_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
         assert torch.equal(a, b)
     assert torch.equal(match_before, loaded.match(_images()[:2], CORPUS[:2]))
     assert ModelConfig.load(tmp_path / "m") == tiny_model.config
-    from indexes.atomic import default_file_mode
+    from mmodal.indexes.atomic import default_file_mode
 
     for name in ("model.safetensors", "config.json"):
         assert (tmp_path / "m" / name).stat().st_mode & 0o777 == default_file_mode()

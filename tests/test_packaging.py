@@ -1,4 +1,4 @@
-"""Packaging: the six top-level packages install, the console script runs, and our `kernels` stays ours."""
+"""Packaging: every folder installs inside mmodal, the console script runs, and no generic top-level name is ours."""
 
 from __future__ import annotations
 
@@ -6,24 +6,52 @@ import importlib
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import tomllib
 
 import mmodal
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+FOLDERS = {"encoders": "mmodal.encoders", "fusion": "mmodal.fusion", "indexes": "mmodal.indexes"}
+FOLDERS |= {"kernels": "mmodal.kernels", "app": "mmodal.app"}
 
-@pytest.mark.parametrize("package", ["mmodal", "encoders", "fusion", "kernels", "app", "indexes"])
-def test_top_level_packages_import(package):
+
+@pytest.mark.parametrize("package", ["mmodal", *FOLDERS.values()])
+def test_packages_import_under_mmodal(package):
     module = importlib.import_module(package)
     assert module.__doc__
+    folder = package.split(".")[-1]
+    assert Path(module.__file__).parent == REPOSITORY / folder or folder == "mmodal"
 
 
-def test_transformers_does_not_mistake_our_kernels_package_for_hugging_face_kernels():
-    # A fresh interpreter, so that no earlier import has cached the answer.
-    code = "import kernels, transformers.utils as u; print(u.is_kernels_available())"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def test_every_folder_with_an_init_is_an_installed_package():
+    settings = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(settings["packages"])
+    found = set()
+    for init in REPOSITORY.glob("**/__init__.py"):
+        parts = init.parent.relative_to(REPOSITORY).parts
+        if parts[0] in FOLDERS:
+            found.add(".".join((FOLDERS[parts[0]], *parts[1:])))
+        elif parts[0] == "mmodal":
+            found.add(".".join(parts))
+    assert found == declared
+    assert settings["package-dir"] == {installed: folder for folder, installed in FOLDERS.items()}
+
+
+def test_no_generic_top_level_name_is_installed(tmp_path):
+    # From a folder outside the repository (where the repository's own folders are not on the path), the design's
+    # folders are found only inside mmodal, and transformers does not take anything of ours for Hugging Face's
+    # `kernels` package.
+    code = (
+        "import importlib.util as u, transformers.utils as t; "
+        f"print([n for n in {sorted(FOLDERS)!r} if u.find_spec(n) is not None], t.is_kernels_available(), "
+        "u.find_spec('mmodal.kernels') is not None)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[] False True"
 
 
 def test_console_script_reports_its_version():
@@ -39,9 +67,10 @@ def test_console_script_reports_its_version():
 # and `indexes` is meant to serve machines that only search. A fresh interpreter in which importing torch
 # (or the libraries that pull it in) fails proves it, where a grep for "import torch" would miss a
 # transitive import.
-TORCH_FREE = ["indexes.atomic", "indexes.collection", "indexes.manifest", "indexes.metadata", "indexes.vectors"]
-TORCH_FREE += ["indexes.folders", "indexes.protocol", "indexes.shards", "indexes.hits", "indexes.integrity"]
-TORCH_FREE += ["indexes.errors", "mmodal.data.decode", "encoders.pixels"]
+TORCH_FREE = ["mmodal.indexes.atomic", "mmodal.indexes.collection", "mmodal.indexes.manifest"]
+TORCH_FREE += ["mmodal.indexes.metadata", "mmodal.indexes.vectors", "mmodal.indexes.folders", "mmodal.indexes.protocol"]
+TORCH_FREE += ["mmodal.indexes.shards", "mmodal.indexes.hits", "mmodal.indexes.integrity"]
+TORCH_FREE += ["mmodal.indexes.errors", "mmodal.data.decode", "mmodal.encoders.pixels"]
 TORCH_LIBRARIES = "torch,transformers,timm,torchaudio,torchvision"
 BLOCKING = """
 import importlib, importlib.abc, sys

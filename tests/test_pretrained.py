@@ -11,10 +11,15 @@ import gradio
 import numpy as np
 import pytest
 import torch
+from mmodal.encoders.imagenet import (
+    EFFICIENTNET_LITE0,
+    create_classifier,
+    efficientnet_lite0_package_file,
+    map_port_names,
+)
+from mmodal.indexes.folders import open_index
 from PIL import Image
 
-from encoders.imagenet import EFFICIENTNET_LITE0, create_classifier, efficientnet_lite0_package_file, map_port_names
-from indexes.folders import open_index
 from mmodal.cli import main
 from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
 from mmodal.loading import ModelNotAvailableError, load_model
@@ -169,7 +174,7 @@ def test_hub_names_come_only_from_the_local_cache(tmp_path, monkeypatch):
 
 
 def test_hubness_is_high_for_an_image_that_mixes_many_classes():
-    from fusion.conse import ConSEBridge
+    from mmodal.fusion.conse import ConSEBridge
 
     torch.manual_seed(0)
     bridge = ConSEBridge(num_classes=200, dim=64, top_k=200)
@@ -185,7 +190,7 @@ def test_hubness_is_high_for_an_image_that_mixes_many_classes():
 
 @pytest.mark.slow
 def test_web_app_index_takes_the_chosen_model_while_empty(photos, sample_photos, tmp_path):
-    from app.server import Collection
+    from mmodal.app.server import Collection
 
     collection = Collection(tmp_path / "index", load_model("shapes"))
     assert collection.stats()["model"] == "shapes"

@@ -1,4 +1,4 @@
-"""Every model and every index layout keeps its Protocol (``mmodal.retrieval.Model``, ``indexes.protocol.Index``):
+"""Each model and each index layout keeps its Protocol (``mmodal.retrieval.Model``, ``mmodal.indexes.protocol.Index``):
 what indexing, search, questions and the web app call of it exists and behaves alike."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from mmodal.encoders.pixels import letterboxed_batch
+from mmodal.indexes.folders import open_index
+from mmodal.indexes.manifest import ModelIdentity
+from mmodal.indexes.metadata import NewItem
+from mmodal.indexes.protocol import Index
 from PIL import Image
 
-from encoders.pixels import letterboxed_batch
-from indexes.folders import open_index
-from indexes.manifest import ModelIdentity
-from indexes.metadata import NewItem
-from indexes.protocol import Index
 from mmodal.answering import Answer
 from mmodal.data.sample_photos import sample_photo_paths
 from mmodal.loading import load_model

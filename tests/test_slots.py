@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from mmodal.encoders.pixels import letterbox_frame
+from mmodal.encoders.slots import SlotConfig, SlotLayout, decode_detections
+from mmodal.fusion.reasoner import Parse, ReasonerConfig, SlotReasoner, exact_count
 
-from encoders.pixels import letterbox_frame
-from encoders.slots import SlotConfig, SlotLayout, decode_detections
-from fusion.reasoner import Parse, ReasonerConfig, SlotReasoner, exact_count
 from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject
 from mmodal.shapes.semantics import parse_statement
 from mmodal.training.slots import detector_targets, ground_truth_slots
@@ -65,7 +65,7 @@ def _parse(statement: str, config: ReasonerConfig) -> Parse:
     from mmodal.training.slots import parse_targets
 
     targets = parse_targets([parse_statement(statement)], config)
-    from fusion.reasoner import PART_KINDS, ROLES
+    from mmodal.fusion.reasoner import PART_KINDS, ROLES
 
     kinds = [PART_KINDS[k] for k in targets["kind"][0].tolist()]
 
@@ -192,9 +192,9 @@ def test_a_question_with_one_word_changed_keeps_its_type_and_never_holds_out_a_p
 
 
 def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir, tmp_path):
+    from mmodal.indexes.collection import ImageIndex
     from PIL import Image
 
-    from indexes.collection import ImageIndex
     from mmodal.data.dataset import read_dataset
     from mmodal.pipeline import index_collection
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from mmodal.encoders.errors import TowerInputError
 from PIL import Image
 
-from encoders.errors import TowerInputError
 from mmodal.cli import main
 from mmodal.evaluate_questions import expected_calibration_error
 
@@ -112,7 +112,8 @@ def _reading(reasoner_config, question_type: str, a: dict, b: dict | None = None
 
 def test_slot_evidence_counts_checks_relations_and_reads_the_referent(model):
     """The answer reasoner's soft logic over ground-truth slots of a known scene says what the scene says."""
-    from fusion.answers import AnswerConfig, AnswerReasoner
+    from mmodal.fusion.answers import AnswerConfig, AnswerReasoner
+
     from mmodal.shapes.scene import Scene
     from mmodal.shapes.semantics import QUESTION_TYPES
     from mmodal.training.slots import ground_truth_slots

@@ -13,15 +13,15 @@ block over the query blocks and dQ per query block over the key blocks, so nothi
 
 Read in this order:
 
-- :mod:`~kernels.attention.tiles`: the blocks both directions load and the visibility rule as a tile;
-- :mod:`~kernels.attention.forward`: input checks, launch options, the forward kernel and its launcher;
-- :mod:`~kernels.attention.backward`: the backward kernels and their launcher;
-- :mod:`~kernels.attention.op`: the autograd Function, the plain-torch reference and the public functions.
+- :mod:`~mmodal.kernels.attention.tiles`: the blocks both directions load and the visibility rule as a tile;
+- :mod:`~mmodal.kernels.attention.forward`: input checks, launch options, the forward kernel and its launcher;
+- :mod:`~mmodal.kernels.attention.backward`: the backward kernels and their launcher;
+- :mod:`~mmodal.kernels.attention.op`: the autograd Function, the plain-torch reference and the public functions.
 """
 
-from kernels.attention.backward import attention_backward
-from kernels.attention.forward import MAX_HEAD_DIM, attention_forward, kernel_supports
-from kernels.attention.op import (
+from mmodal.kernels.attention.backward import attention_backward
+from mmodal.kernels.attention.forward import MAX_HEAD_DIM, attention_forward, kernel_supports
+from mmodal.kernels.attention.op import (
     MaskedAttentionFunction,
     attention_probabilities,
     masked_attention,
@@ -29,7 +29,7 @@ from kernels.attention.op import (
     multihead_attention,
     visible_keys,
 )
-from kernels.launch import KERNEL_DTYPES
+from mmodal.kernels.launch import KERNEL_DTYPES
 
 __all__ = [
     "KERNEL_DTYPES",

@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 import torch
-
-from kernels.attention.forward import key_mask_flags, launch_options
-from kernels.attention.tiles import LOG2E, key_block, key_sweep_end, load_rows, program_head, scores, store_rows
-from kernels.dispatch import tl, triton
-from kernels.launch import dot
+from mmodal.kernels.attention.forward import key_mask_flags, launch_options
+from mmodal.kernels.attention.tiles import LOG2E, key_block, key_sweep_end, load_rows, program_head, scores, store_rows
+from mmodal.kernels.dispatch import tl, triton
+from mmodal.kernels.launch import dot
 
 
 @triton.jit

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import torch
-
-from kernels.attention.tiles import LOG2E, key_block, key_sweep_end, load_rows, program_head, scores, store_rows
-from kernels.dispatch import interpreting, tl, triton
-from kernels.launch import KERNEL_DTYPES, block_size, dot
+from mmodal.kernels.attention.tiles import LOG2E, key_block, key_sweep_end, load_rows, program_head, scores, store_rows
+from mmodal.kernels.dispatch import interpreting, tl, triton
+from mmodal.kernels.launch import KERNEL_DTYPES, block_size, dot
 
 MAX_HEAD_DIM = 128
 
@@ -125,7 +124,7 @@ def _attention_forward_kernel(
 def attention_forward(
     q, k, v, key_mask=None, causal=False, prefix=0, see_self=False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton forward of :func:`~kernels.attention.masked_attention` (same arguments): out (B, H, Tq, d) and
+    """The Triton forward of :func:`~mmodal.kernels.attention.masked_attention` (same arguments): out (B, H, Tq, d) and
     the logsumexp (B, H, Tq) in float32, +inf where a row sees nothing."""
     check_inputs(q, k, v, key_mask, prefix)
     check_kernel_inputs(q)

@@ -7,11 +7,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from mmodal.kernels.attention.backward import attention_backward
+from mmodal.kernels.attention.forward import attention_forward, check_inputs, kernel_supports
+from mmodal.kernels.dispatch import choice, use_triton
 from torch.nn import MultiheadAttention
-
-from kernels.attention.backward import attention_backward
-from kernels.attention.forward import attention_forward, check_inputs, kernel_supports
-from kernels.dispatch import choice, use_triton
 
 
 class MaskedAttentionFunction(torch.autograd.Function):
@@ -96,7 +95,7 @@ def masked_attention(
     prefix: int = 0,
     see_self: bool = False,
 ) -> torch.Tensor:
-    """Attention of q (B, H, Tq, d) over k, v (B, H, Tk, d) → (B, H, Tq, d); see :mod:`kernels.attention`.
+    """Attention of q (B, H, Tq, d) over k, v (B, H, Tk, d) → (B, H, Tq, d); see :mod:`mmodal.kernels.attention`.
 
     Args:
         key_mask: (B, Tk) bool, True for real keys; None: all are real.

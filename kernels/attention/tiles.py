@@ -4,8 +4,8 @@ scores of a tile, and how far a block of queries sweeps the keys."""
 
 from __future__ import annotations
 
-from kernels.dispatch import tl, triton
-from kernels.launch import dot
+from mmodal.kernels.dispatch import tl, triton
+from mmodal.kernels.launch import dot
 
 # exp(x) == exp2(x * LOG2E), and exp2 is the native instruction; kernels read globals only as constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)

@@ -13,19 +13,19 @@ per-column logsumexps are kept for the backward pass, which recomputes each logi
 
 Read in this order:
 
-- :mod:`~kernels.contrastive.forward`: the logit tile both passes compute, the forward kernel and its launcher;
-- :mod:`~kernels.contrastive.backward`: the backward kernel and its launcher;
-- :mod:`~kernels.contrastive.loss`: the autograd Function, the plain-torch reference and :func:`contrastive_loss`.
+- :mod:`~mmodal.kernels.contrastive.forward`: the logit tile both passes compute, the forward kernel and its launcher;
+- :mod:`~mmodal.kernels.contrastive.backward`: the backward kernel and its launcher;
+- :mod:`~mmodal.kernels.contrastive.loss`: the autograd Function, the torch reference and :func:`contrastive_loss`.
 """
 
-from kernels.contrastive.forward import MAX_HARD_NEGATIVES
-from kernels.contrastive.loss import (
+from mmodal.kernels.contrastive.forward import MAX_HARD_NEGATIVES
+from mmodal.kernels.contrastive.loss import (
     ContrastiveOutput,
     contrastive_loss,
     contrastive_loss_reference,
     multi_positive_nce,
 )
-from kernels.launch import KERNEL_DTYPES
+from mmodal.kernels.launch import KERNEL_DTYPES
 
 __all__ = [
     "KERNEL_DTYPES",

@@ -5,9 +5,8 @@ positive pairs) and the launch settings that the backward kernel shares."""
 from __future__ import annotations
 
 import torch
-
-from kernels.dispatch import interpreting, tl, triton
-from kernels.launch import block_size, dot, on_device, program_block
+from mmodal.kernels.dispatch import interpreting, tl, triton
+from mmodal.kernels.launch import block_size, dot, on_device, program_block
 
 MAX_HARD_NEGATIVES = 16  # the running top-k lives in registers, one slot per kept negative
 

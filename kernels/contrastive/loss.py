@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-
-from kernels.contrastive.backward import side_grad
-from kernels.contrastive.forward import MAX_HARD_NEGATIVES, side_stats
-from kernels.dispatch import use_triton
-from kernels.launch import check_kernel_dtype, check_one_device
+from mmodal.kernels.contrastive.backward import side_grad
+from mmodal.kernels.contrastive.forward import MAX_HARD_NEGATIVES, side_stats
+from mmodal.kernels.dispatch import use_triton
+from mmodal.kernels.launch import check_kernel_dtype, check_one_device
 
 
 class ContrastiveOutput(NamedTuple):

@@ -8,24 +8,24 @@ For tokens ``x`` (N, H), router logits ``z`` (N, E) and stacked SwiGLU expert we
 where ``weight[t]`` is the softmax over E, cut to the top k and renormalised (the softmax over the k selected
 logits). Tokens with ``keep[t]`` False are not dispatched and get zeros.
 
-:func:`moe_experts` (:mod:`~kernels.moe.experts`) runs the pipeline, one module a step, each with a Triton forward
+:func:`moe_experts` (:mod:`~mmodal.kernels.moe.experts`) runs the pipeline, a module a step, each with a Triton forward
 and backward and a plain-torch reference (the CPU path and the kernels' test oracle):
 
-1. :mod:`~kernels.moe.gating`: :func:`topk_gating`, logits (N, E) → weights (N, k) and expert ids (N, k).
-2. :mod:`~kernels.moe.layout`: :func:`expert_layout`, where each (token, choice) sits in a buffer of rows grouped
+1. :mod:`~mmodal.kernels.moe.gating`: :func:`topk_gating`, logits (N, E) → weights (N, k) and expert ids (N, k).
+2. :mod:`~mmodal.kernels.moe.layout`: :func:`expert_layout`, where each (token, choice) sits in a buffer of rows grouped
    by expert, every expert's rows padded to a multiple of the row tile so that each row tile belongs to one
    expert (index bookkeeping in torch, no kernel).
-3. :mod:`~kernels.moe.permute`: :func:`permute_tokens` copies each (token, choice) into its row.
-4. :mod:`~kernels.moe.grouped_matmul`: :func:`grouped_matmul`, each row tile times its expert's matrix, once for
+3. :mod:`~mmodal.kernels.moe.permute`: :func:`permute_tokens` copies each (token, choice) into its row.
+4. :mod:`~mmodal.kernels.moe.grouped_matmul`: :func:`grouped_matmul`, each row tile times its expert's matrix, once for
    the gate and up projections and, after SiLU(gate) * up in torch, once for the down projection.
-5. :mod:`~kernels.moe.permute`: :func:`unpermute_tokens`, ``out[t] = sum_j weight[t, j] * Y[row of (t, j)]``.
+5. :mod:`~mmodal.kernels.moe.permute`: :func:`unpermute_tokens`, ``out[t] = sum_j weight[t, j] * Y[row of (t, j)]``.
 """
 
-from kernels.moe.experts import moe_experts, moe_experts_reference
-from kernels.moe.gating import MAX_EXPERTS, TopKGatingFunction, topk_gating, topk_gating_reference
-from kernels.moe.grouped_matmul import GroupedMatmulFunction, grouped_matmul, grouped_matmul_reference
-from kernels.moe.layout import ROW_TILE, ExpertLayout, expert_layout
-from kernels.moe.permute import (
+from mmodal.kernels.moe.experts import moe_experts, moe_experts_reference
+from mmodal.kernels.moe.gating import MAX_EXPERTS, TopKGatingFunction, topk_gating, topk_gating_reference
+from mmodal.kernels.moe.grouped_matmul import GroupedMatmulFunction, grouped_matmul, grouped_matmul_reference
+from mmodal.kernels.moe.layout import ROW_TILE, ExpertLayout, expert_layout
+from mmodal.kernels.moe.permute import (
     PermuteTokensFunction,
     UnpermuteTokensFunction,
     permute_tokens,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels.dispatch import use_triton
-from kernels.moe.gating import topk_gating, topk_gating_reference
-from kernels.moe.grouped_matmul import grouped_matmul
-from kernels.moe.layout import expert_layout
-from kernels.moe.permute import permute_tokens, unpermute_tokens
+from mmodal.kernels.dispatch import use_triton
+from mmodal.kernels.moe.gating import topk_gating, topk_gating_reference
+from mmodal.kernels.moe.grouped_matmul import grouped_matmul
+from mmodal.kernels.moe.layout import expert_layout
+from mmodal.kernels.moe.permute import permute_tokens, unpermute_tokens
 
 
 def moe_experts_reference(

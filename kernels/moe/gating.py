@@ -4,10 +4,9 @@ top k and renormalised; the backward gives d logits."""
 from __future__ import annotations
 
 import torch
-
-from kernels.dispatch import tl, triton, use_triton
-from kernels.launch import program_block
-from kernels.moe.layout import TOKEN_BLOCK, check_float
+from mmodal.kernels.dispatch import tl, triton, use_triton
+from mmodal.kernels.launch import program_block
+from mmodal.kernels.moe.layout import TOKEN_BLOCK, check_float
 
 MAX_EXPERTS = 64  # the gating kernel holds a token's logits for all experts in one block
 

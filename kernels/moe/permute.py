@@ -11,10 +11,9 @@ reference → public function."""
 from __future__ import annotations
 
 import torch
-
-from kernels.dispatch import tl, triton, use_triton
-from kernels.launch import block_size, program_block
-from kernels.moe.layout import TOKEN_BLOCK, ExpertLayout, check_float, check_on_layout_device
+from mmodal.kernels.dispatch import tl, triton, use_triton
+from mmodal.kernels.launch import block_size, program_block
+from mmodal.kernels.moe.layout import TOKEN_BLOCK, ExpertLayout, check_float, check_on_layout_device
 
 # ----------------------------------------------------------------------------------------------- gathering
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexes.atomic import write_json, write_jsonl
+from mmodal.indexes.atomic import write_json, write_jsonl
 from mmodal.shapes.scene import Scene, SpecError
 
 FORMAT_NAME = "mmodal-dataset"

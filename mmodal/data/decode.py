@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.pixels import letterboxed_array
-from indexes.metadata import ImageFile
 from mmodal.data.images import MAX_PIXELS, ImageSkipped, read_image, stat_file
+from mmodal.encoders.pixels import letterboxed_array
+from mmodal.indexes.metadata import ImageFile
 
 
 @dataclass(frozen=True)

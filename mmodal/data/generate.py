@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexes.atomic import atomic_open
 from mmodal.data.dataset import (
     CaptionRecord,
     Dataset,
@@ -24,6 +23,7 @@ from mmodal.data.dataset import (
     QuestionRecord,
     write_dataset,
 )
+from mmodal.indexes.atomic import atomic_open
 from mmodal.shapes import question_sampling, speech, text_edits, wording, world
 from mmodal.shapes.render import render, sample_style
 from mmodal.shapes.scene import HELD_OUT_PAIRS, SPEC_VERSION, Scene

@@ -14,8 +14,8 @@ import numpy as np
 import soundfile
 import torch
 
-from encoders.audio import resample
-from encoders.tokenizer import WORD
+from mmodal.encoders.audio import resample
+from mmodal.encoders.tokenizer import WORD
 
 SAMPLE_RATE = 16_000
 BASE_WORDS_PER_MINUTE = 175

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.tokenizer import WORD
+from mmodal.encoders.tokenizer import WORD
 from mmodal.shapes.scene import COLORS, INVERSE_RELATION, SHAPES
 from mmodal.shapes.semantics import COUNT_WORDS, CountPhrase, ObjectPhrase, Question, RelationPhrase, Statement
 

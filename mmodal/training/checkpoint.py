@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from indexes.atomic import default_file_mode, fsync_tree, write_json
+from mmodal.indexes.atomic import default_file_mode, fsync_tree, write_json
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.json"

@@ -78,7 +78,7 @@ class TrainConfig:
             raise ValueError(f"{', '.join(sorted(counts))} must not be negative")
 
     def save(self, path: str | Path) -> None:
-        from indexes.atomic import write_json
+        from mmodal.indexes.atomic import write_json
 
         write_json(path, asdict(self))
 

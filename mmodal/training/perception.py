@@ -11,10 +11,10 @@ from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
-from encoders.normalize import normalize_pixels
-from encoders.pixels import PIXEL_MEAN, PIXEL_STD, letterboxed_array
-from encoders.slots import SlotEncoder, cut_crops
 from mmodal.data.dataset import Dataset
+from mmodal.encoders.normalize import normalize_pixels
+from mmodal.encoders.pixels import PIXEL_MEAN, PIXEL_STD, letterboxed_array
+from mmodal.encoders.slots import SlotEncoder, cut_crops
 from mmodal.shapes.scene import Scene
 from mmodal.training.slots import crop_boxes, detector_loss, detector_targets
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusion.reasoner import ROLES
+from mmodal.fusion.reasoner import ROLES
 from mmodal.model import MModalModel
 from mmodal.shapes.question_sampling import count_question, question_of_type
 from mmodal.shapes.scene import RELATIONS, SIZES

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from encoders.tokenizer import build_tokenizer, known_words
-from fusion.reasoner import PART_KINDS, parse_loss
-from kernels.contrastive import multi_positive_nce
 from mmodal.config import ModelConfig
+from mmodal.encoders.tokenizer import build_tokenizer, known_words
+from mmodal.fusion.reasoner import PART_KINDS, parse_loss
+from mmodal.kernels.contrastive import multi_positive_nce
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes import question_sampling, text_edits, wording, world
 from mmodal.shapes.scene import COLORS, SHAPES

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from encoders.pixels import letterbox_frame
 from mmodal.data.dataset import Dataset
+from mmodal.encoders.pixels import letterbox_frame
 from mmodal.model import MModalModel
 from mmodal.shapes import text_edits, world
 from mmodal.shapes.scene import Scene

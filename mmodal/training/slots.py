@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoders.pixels import letterbox_frame
-from encoders.slots import SlotConfig, SlotLayout
-from fusion.reasoner import PART_KINDS, ROLES, ReasonerConfig
+from mmodal.encoders.pixels import letterbox_frame
+from mmodal.encoders.slots import SlotConfig, SlotLayout
+from mmodal.fusion.reasoner import PART_KINDS, ROLES, ReasonerConfig
 from mmodal.shapes.scene import Scene, holds_relation
 from mmodal.shapes.semantics import CountPhrase, ObjectPhrase, RelationPhrase, Statement
 

@@ -36,11 +36,11 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from encoders.audio import SAMPLE_RATE, AudioEncoder, AudioEncoderConfig, preprocess_audio, resample
-from encoders.transcribe import count_bigram
-from kernels.contrastive import contrastive_loss
 from mmodal.config import ModelConfig
 from mmodal.data.dataset import Dataset, read_dataset
+from mmodal.encoders.audio import SAMPLE_RATE, AudioEncoder, AudioEncoderConfig, preprocess_audio, resample
+from mmodal.encoders.transcribe import count_bigram
+from mmodal.kernels.contrastive import contrastive_loss
 from mmodal.model import DEFAULT_MODEL, WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.shapes.speech import Voice, heard_words, synthesize
 from mmodal.training.config import SPEECH_EXTRAS, TrainConfig
@@ -78,7 +78,7 @@ def speech_datasets(folder: str | Path) -> list[Dataset]:
 
 def build_speech_model(config: TrainConfig, vocabulary: tuple[str, ...], bigram: torch.Tensor) -> MModalModel:
     """The model of ``init_from`` (the shipped one by default) with a fresh audio tower that transcribes
-    ``vocabulary``, with ``bigram`` (see :func:`encoders.transcribe.count_bigram`) as its prior."""
+    ``vocabulary``, with ``bigram`` (see :func:`mmodal.encoders.transcribe.count_bigram`) as its prior."""
     folder = resolve_model_path(config.init_from or DEFAULT_MODEL)
     base = ModelConfig.load(folder)
     audio = speech_audio(base.audio, vocabulary, tiny=config.model == "tiny")
