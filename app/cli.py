@@ -39,6 +39,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     import torch
+
     from mmodal.app.server import Collection, ServeOptions, launch, parse_auth
 
     # One thread per search, and as many searches at once as there are cores (ServeOptions.concurrency): the

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from mmodal.indexes.errors import IndexBusyError
 from mmodal.indexes.folders import open_index, recorded_model, remodel_empty
-
 from mmodal.loading import index_model_name, load_model
 from mmodal.pipeline import IndexSummary, index_collection
 from mmodal.retrieval import Model

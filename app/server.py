@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.route_utils import get_api_call_path, get_root_url
+
 from mmodal.app.collection import Collection
 from mmodal.app.inputs import audio_upload, image_upload, whole_number_slider
 from mmodal.app.settings import (
@@ -28,10 +29,9 @@ from mmodal.app.settings import (
     SESSION_CAPACITY,
 )
 from mmodal.app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
-from mmodal.indexes.errors import IndexProblem
-
 from mmodal.data.images import ImageSkipped, read_image
 from mmodal.explain import answer_picture
+from mmodal.indexes.errors import IndexProblem
 from mmodal.loading import EMBEDDED_NAMES
 from mmodal.search import Query, Searcher, SearchResult
 

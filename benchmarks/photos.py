@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from mmodal.indexes.folders import open_index
 
 from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
+from mmodal.indexes.folders import open_index
 from mmodal.loading import load_model
 from mmodal.pipeline import index_collection
 from mmodal.search import Query, Searcher

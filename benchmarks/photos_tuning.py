@@ -18,9 +18,9 @@ from pathlib import Path
 import gradio
 import numpy as np
 import torch
-from mmodal.encoders.pixels import letterboxed_array
 from PIL import Image, ImageDraw
 
+from mmodal.encoders.pixels import letterboxed_array
 from mmodal.loading import load_model
 from mmodal.shapes.render import render, sample_style
 from mmodal.shapes.world import sample_scene

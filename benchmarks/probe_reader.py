@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mmodal.data.dataset import read_dataset
 from mmodal.encoders.language import MoEConfig, MoELanguageModel, TextConfig
 from mmodal.encoders.slots import SlotLayout
 from mmodal.encoders.tokenizer import build_tokenizer
+from mmodal.evaluate_search import precision_at_10
 from mmodal.fusion.adapters import Adapter, SlotPooler
 from mmodal.fusion.reasoner import PART_KINDS, ReasonerConfig, SlotReasoner, parse_loss
 from mmodal.kernels.contrastive import multi_positive_nce
-
-from mmodal.data.dataset import read_dataset
-from mmodal.evaluate_search import precision_at_10
 from mmodal.paraphrase_eval import read_paraphrases
 from mmodal.shapes import question_sampling, wording, world
 from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES

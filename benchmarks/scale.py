@@ -23,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+
 from mmodal.indexes import vectors as index_vectors
 from mmodal.indexes.folders import open_index
 from mmodal.indexes.manifest import ModelIdentity

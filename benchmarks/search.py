@@ -19,10 +19,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from mmodal.indexes.folders import open_index
 from mmodal.indexes.metadata import NewItem
 from mmodal.indexes.protocol import Index
-
 from mmodal.model import MModalModel
 from mmodal.search import RERANK_TOP, Query, Searcher
 from mmodal.shapes.world import sample_scene

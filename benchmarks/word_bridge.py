@@ -8,8 +8,8 @@ word should stay unknown). Prints the table and how often the nearest known word
 from __future__ import annotations
 
 import torch
-from mmodal.encoders.sentence import SentenceEncoder, minilm_folder
 
+from mmodal.encoders.sentence import SentenceEncoder, minilm_folder
 from mmodal.shapes.scene import COLORS, SHAPES, SIZES
 from mmodal.shapes.semantics import COUNT_WORDS
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchaudio
-from mmodal.encoders.errors import TowerInputError
 from torch import nn
+
+from mmodal.encoders.errors import TowerInputError
 
 SAMPLE_RATE = 16_000
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from mmodal.kernels.attention import masked_attention
-from mmodal.kernels.moe import moe_experts
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
+
+from mmodal.kernels.attention import masked_attention
+from mmodal.kernels.moe import moe_experts
 
 
 @dataclass

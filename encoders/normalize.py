@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from mmodal.encoders.pixels import PIXEL_MEAN, PIXEL_STD
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from mmodal.encoders.errors import TowerInputError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+from mmodal.encoders.errors import TowerInputError
 
 MAX_TOKENS = 128  # one-object queries and class prompts are a few words; MiniLM was tuned on up to 256
 

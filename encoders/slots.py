@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from mmodal.encoders.errors import TowerInputError
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 from torchvision.ops import roi_align
+
+from mmodal.encoders.errors import TowerInputError
 
 
 @dataclass

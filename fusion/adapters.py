@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from mmodal.kernels.layer_norm_gelu import layer_norm_linear_gelu
 from torch import nn
+
+from mmodal.kernels.layer_norm_gelu import layer_norm_linear_gelu
 
 
 class AttentionPool(nn.Module):

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-from mmodal.fusion.reasoner import ANY, ROLES, QueryReader, ReasonerConfig, SlotReasoner, exact_count
 from torch import nn
+
+from mmodal.fusion.reasoner import ANY, ROLES, QueryReader, ReasonerConfig, SlotReasoner, exact_count
 
 FOCUS = ("subject", "pair", "related")  # which slots a question's answer looks at, for drawing them
 

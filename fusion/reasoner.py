@@ -18,8 +18,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from mmodal.encoders.slots import SlotLayout
 from torch import nn
+
+from mmodal.encoders.slots import SlotLayout
 
 PART_KINDS = ("none", "object", "count", "relation")  # what one part of a query asks for
 ROLES = ("a", "b")  # a part's phrases: its subject and, for a relation, the other object

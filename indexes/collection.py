@@ -19,6 +19,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from mmodal.indexes import vectors
 from mmodal.indexes.errors import (
     IndexBusyError,

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import faiss
+
 from mmodal.indexes import vectors
 from mmodal.indexes.errors import IndexCorruptedError, ManifestDamagedError
 from mmodal.indexes.manifest import MANIFEST_FILE, Manifest, file_checksum

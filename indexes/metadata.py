@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
 from mmodal.indexes.errors import IndexCorruptedError
 
 METADATA_FILE = "metadata.sqlite"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 from mmodal.indexes.manifest import Manifest
 from mmodal.indexes.metadata import ItemInfo
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+
 from mmodal.indexes.atomic import write_json
 from mmodal.indexes.collection import SHARDS_FILE, ImageIndex
 from mmodal.indexes.errors import IndexNotFoundError, ModelMismatchError

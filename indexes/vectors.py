@@ -14,6 +14,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from mmodal.indexes.atomic import replace_file
 from mmodal.indexes.metadata import MetadataStore
 

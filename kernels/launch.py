@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
 from mmodal.kernels.dispatch import tl, triton
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

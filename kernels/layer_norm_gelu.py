@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from mmodal.kernels.dispatch import tl, triton, use_triton
 from mmodal.kernels.launch import block_size, check_kernel_dtype, check_one_device, dot, program_block
-from torch import nn
 
 MAX_FEATURES = 8192  # the backward kernel holds a whole row in one block
 ROW_BLOCK = 16  # rows per program of the row statistics and the LayerNorm backward

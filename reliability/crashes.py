@@ -100,7 +100,6 @@ def _committed(index_dir: Path) -> int:
 def check_index(index_dir: Path, reference: dict, queries: list[str], model) -> list[str]:
     """What is wrong with the index in ``index_dir`` against the reference run (nothing: [])."""
     from mmodal.indexes.folders import open_index
-
     from mmodal.search import Query, Searcher
 
     problems = []
@@ -130,7 +129,6 @@ def _results(searcher, queries: list[str], query_type) -> list[list[tuple[str, f
 def run_trials(images: Path, out: Path, moments: list[str], queries: list[str], seed: int = 0) -> dict:
     """The reference run, then one kill-and-resume trial per moment; returns the tally."""
     from mmodal.indexes.folders import open_index
-
     from mmodal.model import MModalModel
     from mmodal.search import Query, Searcher
 

@@ -58,6 +58,7 @@ def dataset(shapes_test_dir):
 def served(tmp_path_factory, model, dataset):
     """The web app over the test split, indexed with the shipped model: (collection, url, client)."""
     from gradio_client import Client
+
     from mmodal.app.server import Collection, ServeOptions, launch
 
     index_dir = tmp_path_factory.mktemp("app") / "index"

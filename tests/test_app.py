@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
-from mmodal.app.server import Collection, ServeOptions, launch, parse_auth
 from PIL import Image
 
+from mmodal.app.server import Collection, ServeOptions, launch, parse_auth
 from mmodal.data.audio import read_audio
 from mmodal.data.generate import generate_shapes
 from mmodal.pipeline import index_collection

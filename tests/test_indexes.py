@@ -8,6 +8,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+
 from mmodal.indexes import vectors
 from mmodal.indexes.collection import ImageIndex
 from mmodal.indexes.errors import IndexBusyError, IndexCorruptedError, IndexNotFoundError, ModelMismatchError

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmodal.encoders.tokenizer import build_tokenizer
-from mmodal.indexes.collection import ImageIndex
-from mmodal.indexes.metadata import METADATA_FILE
 from PIL import Image
 
 from mmodal.cli import main
 from mmodal.config import tiny_config
 from mmodal.data.generate import generate_shapes
+from mmodal.encoders.tokenizer import build_tokenizer
+from mmodal.indexes.collection import ImageIndex
+from mmodal.indexes.metadata import METADATA_FILE
 from mmodal.model import MModalModel
 from reliability.hostile_images import make_hostile_folder
 

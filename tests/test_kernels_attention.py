@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from mmodal.kernels.attention import (
     MAX_HEAD_DIM,
     attention_probabilities,
@@ -12,7 +14,6 @@ from mmodal.kernels.attention import (
     masked_attention_reference,
     multihead_attention,
 )
-from torch import nn
 
 # fp32 kernel vs reference: both round in float32, but sum in a different order (blocked online softmax).
 FP32_TOLERANCE = dict(atol=2e-5, rtol=1e-4)

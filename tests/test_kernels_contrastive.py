@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mmodal.kernels.contrastive import MAX_HARD_NEGATIVES, contrastive_loss
 
 # fp32 kernels use IEEE products and fp32 logsumexps: they differ from torch only by summation order.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from mmodal.kernels.dispatch import KernelUnavailableError, use_triton
 from mmodal.kernels.layer_norm_gelu import layer_norm_linear_gelu, layer_norm_linear_gelu_reference
-from torch import nn
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mmodal.encoders.language import MoEConfig, SparseMoE
 from mmodal.kernels.moe import (
     expert_layout,

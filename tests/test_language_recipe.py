@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mmodal.encoders.tokenizer import build_tokenizer
 from safetensors.torch import load_file
 
 from mmodal.config import tiny_config
 from mmodal.data.dataset import read_dataset
+from mmodal.encoders.tokenizer import build_tokenizer
 from mmodal.model import MModalModel
 from mmodal.training.config import TrainConfig
 from mmodal.training.loop import train

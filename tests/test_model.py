@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.utils._pytree as pytree
-from mmodal.encoders.errors import TowerInputError
-from mmodal.encoders.language import MoEConfig, MoELanguageModel
-from mmodal.encoders.tokenizer import build_tokenizer
 from PIL import Image
 from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 
 from mmodal.config import ModelConfig, tiny_config
+from mmodal.encoders.errors import TowerInputError
+from mmodal.encoders.language import MoEConfig, MoELanguageModel
+from mmodal.encoders.tokenizer import build_tokenizer
 from mmodal.model import MModalModel, resolve_model_path
 
 CORPUS = [

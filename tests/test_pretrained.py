@@ -11,6 +11,10 @@ import gradio
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from mmodal.cli import main
+from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
 from mmodal.encoders.imagenet import (
     EFFICIENTNET_LITE0,
     create_classifier,
@@ -18,10 +22,6 @@ from mmodal.encoders.imagenet import (
     map_port_names,
 )
 from mmodal.indexes.folders import open_index
-from PIL import Image
-
-from mmodal.cli import main
-from mmodal.data.sample_photos import SAMPLE_PHOTO_QUERIES, sample_photo_paths
 from mmodal.loading import ModelNotAvailableError, load_model
 from mmodal.pipeline import index_collection
 from mmodal.retrieval import UnsupportedQueryError, weights_hash

@@ -8,15 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from mmodal.answering import Answer
+from mmodal.data.sample_photos import sample_photo_paths
 from mmodal.encoders.pixels import letterboxed_batch
 from mmodal.indexes.folders import open_index
 from mmodal.indexes.manifest import ModelIdentity
 from mmodal.indexes.metadata import NewItem
 from mmodal.indexes.protocol import Index
-from PIL import Image
-
-from mmodal.answering import Answer
-from mmodal.data.sample_photos import sample_photo_paths
 from mmodal.loading import load_model
 from mmodal.retrieval import Model, UnsupportedQueryError
 from tests.tiny_models import tiny_dual_encoder, tiny_swin_classifier

@@ -4,8 +4,8 @@ every case is answered or refused with mmodal's own message, nothing hangs, and 
 from __future__ import annotations
 
 import pytest
-from mmodal.indexes.collection import ImageIndex
 
+from mmodal.indexes.collection import ImageIndex
 from reliability.crashes import AIMED, run_trials
 from reliability.fuzz import Tally, cli_cases, http_cases, index_hostile_folder
 from reliability.hostile import AUDIO_KINDS, IMAGE_KINDS, write_audio_files, write_image_files

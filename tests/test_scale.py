@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mmodal.indexes.collection import ImageIndex
 
+from mmodal.indexes.collection import ImageIndex
 from mmodal.pipeline import index_collection
 
 

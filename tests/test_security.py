@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
 from mmodal.indexes.collection import ImageIndex
 from mmodal.indexes.errors import IndexCorruptedError
 from mmodal.indexes.integrity import INDEX_FILE
 from mmodal.indexes.manifest import MANIFEST_FILE, ModelIdentity
 from mmodal.indexes.metadata import NewItem
-
 from mmodal.model import WEIGHTS_FILE, MModalModel, resolve_model_path
 from mmodal.training.checkpoint import OPTIMIZER_FILE, STATE_FILE, load_trainer_state
 

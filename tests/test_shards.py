@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from mmodal.indexes.collection import ImageIndex
 from mmodal.indexes.errors import ModelMismatchError
 from mmodal.indexes.folders import open_index
 from mmodal.indexes.manifest import ModelIdentity
 from mmodal.indexes.metadata import NewItem
 from mmodal.indexes.shards import ShardedIndex, shard_folder, shard_of
-
 from mmodal.pipeline import index_collection
 
 DIM, SLOT_DIM = 16, 5
@@ -172,8 +172,8 @@ def test_cli_indexes_and_searches_a_sharded_collection_as_one_index(shapes_test_
 @pytest.mark.slow
 def test_the_web_app_serves_a_sharded_index_and_adds_folders_to_it(model, dataset, tmp_path):
     from gradio_client import Client
-    from mmodal.app.server import Collection, ServeOptions, launch
 
+    from mmodal.app.server import Collection, ServeOptions, launch
     from mmodal.search import Query
     from tests.conftest import free_port
 

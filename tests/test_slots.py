@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from mmodal.encoders.pixels import letterbox_frame
 from mmodal.encoders.slots import SlotConfig, SlotLayout, decode_detections
 from mmodal.fusion.reasoner import Parse, ReasonerConfig, SlotReasoner, exact_count
-
 from mmodal.shapes.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject
 from mmodal.shapes.semantics import parse_statement
 from mmodal.training.slots import detector_targets, ground_truth_slots
@@ -192,10 +192,10 @@ def test_a_question_with_one_word_changed_keeps_its_type_and_never_holds_out_a_p
 
 
 def test_slots_go_into_the_index_and_come_back(tiny_slot_model, shapes_test_dir, tmp_path):
-    from mmodal.indexes.collection import ImageIndex
     from PIL import Image
 
     from mmodal.data.dataset import read_dataset
+    from mmodal.indexes.collection import ImageIndex
     from mmodal.pipeline import index_collection
 
     model = tiny_slot_model.eval()

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from mmodal.encoders.transcribe import MIN_CONFIDENCE, WordDecoder, count_bigram
 
 from mmodal.cli import main
 from mmodal.data.audio import read_audio
 from mmodal.data.dataset import read_dataset
 from mmodal.data.generate import generate_shapes
+from mmodal.encoders.transcribe import MIN_CONFIDENCE, WordDecoder, count_bigram
 from mmodal.pipeline import index_collection
 from mmodal.shapes import speech
 from mmodal.training.config import TrainConfig
@@ -176,7 +176,6 @@ def test_the_speech_stage_as_its_probe_logs_its_word_error_rate_on_held_out_voic
 
 def test_clear_words_that_ask_for_nothing_are_searched_by_sound_and_said_so(model):
     from mmodal.encoders.transcribe import Transcript
-
     from mmodal.search import Query, Searcher, searchable
 
     # Speech in another language often comes out as a few clear function words: they hold of every picture.

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmodal.kernels.contrastive import multi_positive_nce
 from safetensors.torch import load_file
 
 from mmodal.data.dataset import read_dataset
 from mmodal.evaluate import evaluate
 from mmodal.evaluate_search import average_precision, precision_at_10
+from mmodal.kernels.contrastive import multi_positive_nce
 from mmodal.shapes.scene import HELD_OUT_PAIRS
 from mmodal.training.config import TrainConfig
 from mmodal.training.loop import train
@@ -256,7 +256,6 @@ def test_cli_trains_and_evaluates(shapes_train_dir, shapes_test_dir, tmp_path, c
 def test_evaluation_measures_the_rankings_users_get(model, dataset, shapes_test_dir, tmp_path):
     """P@10 from `mmodal eval` equals P@10 of the same queries searched over an index built by `mmodal index`."""
     from mmodal.indexes.folders import open_index
-
     from mmodal.pipeline import index_collection
     from mmodal.search import Query, Searcher
 

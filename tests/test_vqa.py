@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from mmodal.encoders.errors import TowerInputError
 from PIL import Image
 
 from mmodal.cli import main
+from mmodal.encoders.errors import TowerInputError
 from mmodal.evaluate_questions import expected_calibration_error
 
 COLOURS = {"red": (220, 40, 40), "blue": (50, 90, 230), "green": (40, 180, 60), "white": (245, 245, 245)}
@@ -113,7 +113,6 @@ def _reading(reasoner_config, question_type: str, a: dict, b: dict | None = None
 def test_slot_evidence_counts_checks_relations_and_reads_the_referent(model):
     """The answer reasoner's soft logic over ground-truth slots of a known scene says what the scene says."""
     from mmodal.fusion.answers import AnswerConfig, AnswerReasoner
-
     from mmodal.shapes.scene import Scene
     from mmodal.shapes.semantics import QUESTION_TYPES
     from mmodal.training.slots import ground_truth_slots

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import timm
 import torch
-from mmodal.encoders.sentence import minilm_folder
 from safetensors.torch import save_file
+
+from mmodal.encoders.sentence import minilm_folder
 
 
 def tiny_tokenizer(folder: Path) -> None:

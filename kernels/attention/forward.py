@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from mmodal.kernels.attention.tiles import LOG2E, key_block, key_sweep_end, load_rows, program_head, scores, store_rows
 from mmodal.kernels.dispatch import interpreting, tl, triton
 from mmodal.kernels.launch import KERNEL_DTYPES, block_size, dot

@@ -7,10 +7,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn import MultiheadAttention
+
 from mmodal.kernels.attention.backward import attention_backward
 from mmodal.kernels.attention.forward import attention_forward, check_inputs, kernel_supports
 from mmodal.kernels.dispatch import choice, use_triton
-from torch.nn import MultiheadAttention
 
 
 class MaskedAttentionFunction(torch.autograd.Function):

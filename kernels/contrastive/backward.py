@@ -4,6 +4,7 @@ each logit tile from the forward's logsumexps."""
 from __future__ import annotations
 
 import torch
+
 from mmodal.kernels.contrastive.forward import block_sizes, positive_pairs, positive_strides, raw_logits
 from mmodal.kernels.dispatch import tl, triton
 from mmodal.kernels.launch import dot, on_device, program_block

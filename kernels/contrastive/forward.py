@@ -5,6 +5,7 @@ positive pairs) and the launch settings that the backward kernel shares."""
 from __future__ import annotations
 
 import torch
+
 from mmodal.kernels.dispatch import interpreting, tl, triton
 from mmodal.kernels.launch import block_size, dot, on_device, program_block
 

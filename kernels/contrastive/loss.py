@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
 from mmodal.kernels.contrastive.backward import side_grad
 from mmodal.kernels.contrastive.forward import MAX_HARD_NEGATIVES, side_stats
 from mmodal.kernels.dispatch import use_triton

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from mmodal.kernels.dispatch import use_triton
 from mmodal.kernels.moe.gating import topk_gating, topk_gating_reference
 from mmodal.kernels.moe.grouped_matmul import grouped_matmul

@@ -4,6 +4,7 @@ top k and renormalised; the backward gives d logits."""
 from __future__ import annotations
 
 import torch
+
 from mmodal.kernels.dispatch import tl, triton, use_triton
 from mmodal.kernels.launch import program_block
 from mmodal.kernels.moe.layout import TOKEN_BLOCK, check_float

@@ -5,6 +5,7 @@ matrix. The backward runs the same kernel against ``W[e]^T`` for dX and a groupe
 from __future__ import annotations
 
 import torch
+
 from mmodal.kernels.dispatch import tl, triton, use_triton
 from mmodal.kernels.launch import block_size, dot, program_block
 from mmodal.kernels.moe.layout import ExpertLayout, check_float, check_on_layout_device

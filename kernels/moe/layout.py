@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from mmodal.kernels.launch import KERNEL_DTYPES, check_one_device
 
 ROW_TILE = 16  # rows per tile of the grouped products; tl.dot needs at least 16

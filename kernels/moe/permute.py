@@ -11,6 +11,7 @@ reference → public function."""
 from __future__ import annotations
 
 import torch
+
 from mmodal.kernels.dispatch import tl, triton, use_triton
 from mmodal.kernels.launch import block_size, program_block
 from mmodal.kernels.moe.layout import TOKEN_BLOCK, ExpertLayout, check_float, check_on_layout_device
