@@ -10,6 +10,9 @@ from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState, ctc_decod
 
 BLANK, SILENCE = "<blank>", "<silence>"  # flashlight's own tokens: CTC's blank, and a word boundary never spoken
 BEAM_SIZE = 16
+# Words a beam may grow by at each frame: the head's most likely ones. Trying all of the vocabulary calls the prior
+# for every word at every frame (230 ms a clip); the 8 likeliest give the same transcripts in 12 ms (BENCHMARKS.md).
+BEAM_TOKENS = 8
 PRIOR_WEIGHT = 0.5  # how much the word-bigram prior counts against the head's evidence
 # A transcript is taken as the query's words from this confidence up; below it, the clip is searched by sound
 # (speech in the test voices and clips without query words fall on either side of it: BENCHMARKS.md).
@@ -82,6 +85,7 @@ class WordDecoder:
             tokens=[BLANK, SILENCE, *vocabulary],
             lm=self.prior,
             beam_size=beam_size,
+            beam_size_token=min(BEAM_TOKENS, len(vocabulary)),
             lm_weight=PRIOR_WEIGHT,
             sil_score=-1e9,
             blank_token=BLANK,
