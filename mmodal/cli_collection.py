@@ -42,41 +42,43 @@ def search_command(args: argparse.Namespace) -> int:
     import json
 
     from mmodal.data.audio import read_audio
-    from mmodal.search import Query
+    from mmodal.search import EmptyQueryError, Query
 
+    if args.text is None and args.image is None and args.audio is None:
+        raise EmptyQueryError("give a text, an image (--image) or a voice clip (--audio) to search for")
     query = Query(
         text=args.text,
         image=args.image,
         audio=read_audio(args.audio) if args.audio else None,
         negative=tuple(args.negative or ()),
     )
-    searcher = _open_searcher(args)
-    query, transcript = searcher.listen(query)
-    doubt = searcher.doubt(transcript, query)
-    unknown, not_understood = searcher.not_understood(query)
-    results = searcher.search(query, k=args.k, rerank=args.rerank)
-    rows = [r.to_dict() for r in results]
+    report = _open_searcher(args).report(query, k=args.k, rerank=args.rerank)
+    results = report.results
     if args.json:
         # A spoken query reports what was heard, and a query with words the model cannot read names them, beside
-        # the hits; any other query prints the hits alone.
-        out: dict = {} if transcript is None else {**transcript.to_dict(), "searched_by": "sound" if doubt else "words"}
-        if unknown:
-            out["unknown_words"] = unknown
-        if out:
-            out = {**out, "message": " · ".join(m for m in (doubt, not_understood) if m) or None, "results": rows}
-        print(json.dumps(out or rows, indent=2, ensure_ascii=False))
+        # the hits; any other query prints the hits alone (and what there is to say goes to the log).
+        if report.transcript is not None or report.unknown_words:
+            print(
+                json.dumps({k: v for k, v in report.to_dict().items() if k != "offset"}, indent=2, ensure_ascii=False)
+            )
+        else:
+            _log_messages(report.messages)
+            print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
         return 0
-    if transcript is not None:
-        print(transcript.summary())
-    for message in (doubt, not_understood):
-        if message:
-            log.warning("%s", message)
-    if not results and not_understood is None:
+    if report.transcript is not None:
+        print(report.transcript.summary())
+    _log_messages(report.messages)
+    if not results and not report.unknown_words:
         print("no results: the index is empty")
     for rank, r in enumerate(results, 1):
         rerank = "" if r.rerank_score is None else f"  match {r.rerank_score:.3f}"
         print(f"{rank:>3}  {r.embedding_score:+.3f}{rerank}  {r.path}")
     return 0
+
+
+def _log_messages(messages) -> None:
+    for message in messages:
+        log.warning("%s", message)
 
 
 def ask_command(args: argparse.Namespace) -> int:

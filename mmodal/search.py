@@ -32,6 +32,11 @@ RERANK_TOP = 500
 # Candidates a model that corrects the cosine of text queries (the photos model's hubness) re-scores.
 RESCORE_TOP = 200
 NEGATIVE_WEIGHT = 0.5
+# A re-ranked search whose best match probability is below this found nothing that fits the text: it says so and
+# shows the closest images.
+NOTHING_MATCHES = 0.5
+# Results a search may page through (offset + count).
+MAX_RANK = 1000
 
 
 class EmptyQueryError(ValueError):
@@ -71,6 +76,40 @@ class SearchResult:
             "height": self.height,
             "other_paths": list(self.other_paths),
             "matched": list(self.matched),
+        }
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """A search as people see it: the results and what to tell them about it. The same for the CLI, the page and
+    the REST API."""
+
+    query: Query  # as searched: a spoken query heard clearly has its words as its text
+    results: list[SearchResult]
+    offset: int = 0  # the rank (from 0) of the first result
+    transcript: Transcript | None = None
+    unknown_words: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()  # why a clip was searched by its sound, words not understood, no match
+
+    @property
+    def searched_by(self) -> str | None:
+        """For a spoken query: "words" when its transcript was searched, else "sound"."""
+        if self.transcript is None:
+            return None
+        return "sound" if self.query.audio is not None else "words"
+
+    @property
+    def message(self) -> str | None:
+        return " · ".join(self.messages) or None
+
+    def to_dict(self) -> dict:
+        heard = {} if self.transcript is None else {**self.transcript.to_dict(), "searched_by": self.searched_by}
+        return {
+            **heard,
+            "unknown_words": list(self.unknown_words),
+            "message": self.message,
+            "offset": self.offset,
+            "results": [r.to_dict() for r in self.results],
         }
 
 
@@ -144,6 +183,45 @@ class Searcher:
             return unknown, f"the model knows none of these words: {listed}; nothing to search for. Try other words"
         return unknown, f"the model does not know the words {listed}; the results read the query without them"
 
+    def report(self, query: Query, k: int = 10, rerank: bool = True, offset: int = 0) -> SearchReport:
+        """Listens to a spoken query, searches, and says what it did; results ``offset`` to ``offset + k``."""
+        return self.report_many([query], k, rerank, offset)[0]
+
+    def report_many(
+        self, queries: Sequence[Query], k: int = 10, rerank: bool = True, offset: int = 0
+    ) -> list[SearchReport]:
+        """:meth:`report` for many queries at once: their texts go through the language core in one pass."""
+        if offset < 0:
+            raise ValueError(f"the offset must be 0 or more, got {offset}")
+        if offset + k > MAX_RANK:
+            raise ValueError(f"results go down to rank {MAX_RANK}; asked for ranks {offset + 1} to {offset + k}")
+        heard = [self.listen(q) for q in queries]
+        searched = self.search_many([q for q, _ in heard], k=offset + k, rerank=rerank)
+        reports = []
+        for (query, transcript), results in zip(heard, searched):
+            unknown, not_understood = self.not_understood(query)
+            messages = [self.doubt(transcript, query), not_understood, self._no_match(query, results)]
+            reports.append(
+                SearchReport(
+                    query=query,
+                    results=results[offset:],
+                    offset=offset,
+                    transcript=transcript,
+                    unknown_words=tuple(unknown),
+                    messages=tuple(m for m in messages if m),
+                )
+            )
+        return reports
+
+    @staticmethod
+    def _no_match(query: Query, results: Sequence[SearchResult]) -> str | None:
+        if not results or results[0].rerank_score is None or results[0].rerank_score >= NOTHING_MATCHES:
+            return None
+        return (
+            f'nothing matches "{query.text}" (the best match is {results[0].rerank_score:.0%} likely); '
+            "the closest images are shown"
+        )
+
     def _only_unknown(self, query: Query) -> bool:
         """A text-only query none of whose words the model knows: it has nothing to search for."""
         if query.text is None or query.image is not None or query.audio is not None:
@@ -151,42 +229,76 @@ class Searcher:
         words = WORD.findall(query.text.lower())
         return bool(words) and len(self.model.unknown_words(query.text)) == len(words)
 
-    def query_vector(self, query: Query, read: bool = False) -> tuple[np.ndarray, list[Parse]]:
-        """The query's embedding and, with ``read``, the reasoner's reading of its text and negative texts (the
-        language core runs once for both)."""
-        parts = []
-        texts = [t for t in (query.text, *query.negative) if t is not None]
-        parses: list[Parse] = []
-        if texts:
-            embeddings, parses = self.model.encode_and_read(texts) if read else (self.model.encode_text(texts), [])
+    def query_vectors(self, queries: Sequence[Query], read: bool = False) -> tuple[np.ndarray, list[list[Parse]]]:
+        """The queries' embeddings (Q, D) and, with ``read``, the reasoner's reading of each one's text and negative
+        texts. The texts of all queries go through the language core in one pass, which also reads them."""
+        texts = [[t for t in (q.text, *q.negative) if t is not None] for q in queries]
+        flat = [t for ts in texts for t in ts]
+        embedded, read_texts = (
+            (self.model.encode_and_read(flat) if read else (self.model.encode_text(flat), [])) if flat else ([], [])
+        )
+        pictures = [read_query_image(q.image, self.model.input_size) for q in queries if q.image is not None]
+        pictured = iter(self.model.encode_image(pictures) if pictures else [])
+        clips = [q.audio for q in queries if q.audio is not None]
+        heard = iter(self.model.encode_audio(clips) if clips else [])
+        vectors, parses, start = [], [], 0
+        for query, own in zip(queries, texts):
+            embeddings, start = embedded[start : start + len(own)], start + len(own)
+            parses.append(read_texts[start - len(own) : start] if read else [])
             positive, negative = (
                 (embeddings[:1], embeddings[1:]) if query.text is not None else (embeddings[:0], embeddings)
             )
-            parts.extend(positive)
-        if query.image is not None:
-            parts.append(self.model.encode_image([read_query_image(query.image, self.model.input_size)])[0])
-        if query.audio is not None:
-            parts.append(self.model.encode_audio([query.audio])[0])
-        if not parts:
-            raise EmptyQueryError("give a text, an image (--image) or a voice clip (--audio) to search for")
-        vector = torch.stack(parts).sum(0)
-        if query.negative:
-            vector = vector - NEGATIVE_WEIGHT * negative.sum(0)
-        return torch.nn.functional.normalize(vector, dim=0).float().cpu().numpy(), parses
+            parts = list(positive)
+            if query.image is not None:
+                parts.append(next(pictured))
+            if query.audio is not None:
+                parts.append(next(heard))
+            if not parts:
+                raise EmptyQueryError("a search needs words, an example image or a voice clip: give one of them")
+            vector = torch.stack(parts).sum(0)
+            if query.negative:
+                vector = vector - NEGATIVE_WEIGHT * negative.sum(0)
+            vectors.append(torch.nn.functional.normalize(vector, dim=0).float().cpu())
+        return torch.stack(vectors).numpy(), parses
 
     def search(
         self, query: Query, k: int = 10, rerank: bool = True, rerank_top: int = RERANK_TOP
     ) -> list[SearchResult]:
+        return self.search_many([query], k, rerank, rerank_top)[0]
+
+    def search_many(
+        self, queries: Sequence[Query], k: int = 10, rerank: bool = True, rerank_top: int = RERANK_TOP
+    ) -> list[list[SearchResult]]:
+        """The top ``k`` of each query; the queries share one pass of each tower and one index search."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if self._only_unknown(query):
-            return []  # no confident results for words the model cannot read; `not_understood` says why
-        rerank = rerank and query.text is not None and self.model.has_slots
-        vector, parses = self.query_vector(query, read=rerank)
-        text_only = query.text is not None and query.image is None and query.audio is None
-        rescore = not rerank and text_only and self.model.rescores_text_hits
-        depth = max(k, rerank_top) if rerank else max(k, RESCORE_TOP) if rescore else k
-        hits = self.index.search(vector, depth)[0]
+        # No confident results for words the model cannot read; `not_understood` says why.
+        live = [i for i, query in enumerate(queries) if not self._only_unknown(query)]
+        found: list[list[SearchResult]] = [[] for _ in queries]
+        if not live:
+            return found
+        reranks = [rerank and queries[i].text is not None and self.model.has_slots for i in live]
+        rescores = [
+            not reranked and self._text_only(queries[i]) and self.model.rescores_text_hits
+            for i, reranked in zip(live, reranks)
+        ]
+        depths = [
+            max(k, rerank_top) if reranked else max(k, RESCORE_TOP) if rescored else k
+            for reranked, rescored in zip(reranks, rescores)
+        ]
+        vectors, parses = self.query_vectors([queries[i] for i in live], read=any(reranks))
+        hits = self.index.search(vectors, max(depths))
+        for row, i in enumerate(live):
+            found[i] = self._rank(hits[row][: depths[row]], parses[row], k, reranks[row], rescores[row], rerank_top)
+        return found
+
+    @staticmethod
+    def _text_only(query: Query) -> bool:
+        return query.text is not None and query.image is None and query.audio is None
+
+    def _rank(
+        self, hits: list[Hit], parses: list[Parse], k: int, rerank: bool, rescore: bool, rerank_top: int
+    ) -> list[SearchResult]:
         if rescore and hits:
             stored = self.index.vectors_for([hit.item.id for hit in hits])
             scores = self.model.rescore_text_hits(
