@@ -29,6 +29,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--max-upload", default=MAX_UPLOAD, help=f"largest upload accepted (default {MAX_UPLOAD})")
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that run the model, one core each (default: one per core; 0: in the web process)",
+    )
+    serve.add_argument(
         "--no-indexing",
         dest="indexing",
         action="store_false",
@@ -42,8 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from mmodal.app.server import Collection, ServeOptions, launch, parse_auth
 
-    # One thread per search, and as many searches at once as there are cores (ServeOptions.concurrency): the
-    # model's operations are small, so one search gains little from a second thread, and two searches gain twice.
+    # One thread per search, and as many searches at once as there are cores (ServeOptions.workers): the model's
+    # operations are small, so one search gains little from a second thread, and two searches gain twice.
     torch.set_num_threads(1)
 
     credentials = args.auth or os.environ.get(AUTH_ENV)
@@ -53,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         auth=parse_auth(credentials) if credentials else (),
         max_upload=args.max_upload,
         allow_indexing=args.indexing,
+        workers=max(0, args.workers),
     )
     if not options.auth and args.host not in LOOPBACK:
         log.warning(

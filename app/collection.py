@@ -1,18 +1,23 @@
 """The collection the web app serves: a model and its index, searched by many requests at once while one
-indexing run at a time adds folders (the index is reopened after each run)."""
+indexing run at a time adds folders (the index is reopened after each run). Searches and questions go to the
+model's worker processes once they are started (:meth:`Collection.start_workers`), else run in this one."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
 
+from mmodal.app.model_pool import AskRequest, ModelPool, answer_requests
 from mmodal.indexes.errors import IndexBusyError
 from mmodal.indexes.folders import open_index, recorded_model, remodel_empty
 from mmodal.loading import index_model_name, load_model
 from mmodal.pipeline import IndexSummary, index_collection
 from mmodal.retrieval import Model
-from mmodal.search import Query, Searcher, SearchResult
+from mmodal.search import Query, Searcher, SearchReport
+
+log = logging.getLogger(__name__)
 
 
 class Collection:
@@ -24,6 +29,8 @@ class Collection:
         self._searcher: Searcher | None = None
         self._swap = threading.Lock()
         self._indexing = threading.Lock()
+        self._pool: ModelPool | None = None
+        self._answering = threading.Lock()
         if recorded_model(self.index_dir) is None:
             # An empty index, so the app starts and folders can be added from the Index tab.
             open_index(self.index_dir, "w", model.identity, model_source=model.source or "").close()
@@ -44,6 +51,8 @@ class Collection:
             remodel_empty(self.index_dir, model.identity, model_source=model.source or "")
             with self._swap:
                 self.model, self._searcher = model, None
+            if self._pool is not None:
+                self._pool.reload(model.source)
         finally:
             self._indexing.release()
 
@@ -62,16 +71,65 @@ class Collection:
     def stats(self) -> dict:
         return self.searcher().index.stats()
 
-    def search(self, query: Query, k: int, rerank: bool) -> list[SearchResult]:
-        return self.searcher().search(query, k=k, rerank=rerank)
+    def start_workers(self, workers: int) -> None:
+        """Answers searches and questions in ``workers`` processes from now on (a model that cannot be loaded
+        again by name, as one built in memory, keeps answering in this process)."""
+        if workers < 1 or self._pool is not None:
+            return
+        if not self.model.source:
+            log.warning("this model has no name or folder to load it from; it answers in the web process")
+            return
+        pool = ModelPool(self.index_dir, self.model.source, workers)
+        try:
+            pool.warm_up()
+        except BaseException:
+            pool.close()
+            raise
+        self._pool = pool
 
-    def listen(self, query: Query):
-        return self.searcher().listen(query)
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
-    def add(self, folder: str) -> IndexSummary:
+    def report(self, query: Query, k: int, rerank: bool, offset: int = 0) -> SearchReport:
+        if self._pool is not None:
+            return self._pool.search(query, k, rerank, offset)
+        return self.searcher().report(query, k=k, rerank=rerank, offset=offset)
+
+    def ask(self, image: str, shown_as: str, question: str, alternatives: int):
+        """(answer, answer map) for ``question`` about the picture at ``image`` (named ``shown_as`` in messages)."""
+        if self._pool is not None:
+            return self._pool.ask(image, shown_as, question, alternatives)
+        with self._answering:  # the answer map is read back from the fusion layer the answer ran through
+            return answer_requests(self.model, [AskRequest(image, shown_as, question, alternatives)])[0]
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Where the workers' requests spent their time (:meth:`ModelPool.timings`); empty without workers."""
+        return {} if self._pool is None else self._pool.timings()
+
+    @property
+    def workers(self) -> int:
+        """Processes answering searches and questions (0: this one)."""
+        return 0 if self._pool is None else self._pool.workers
+
+    def check_folder(self, folder: str) -> Path:
+        """The folder to add, once it is one the app may index and serve: refuses files, the index's own folder
+        and a second run while one goes on, each with a reason."""
         path = Path(folder).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"no folder or file at {folder} on the server")
+            raise FileNotFoundError(f"no folder at {folder} on the server")
+        if not path.is_dir():
+            raise NotADirectoryError(f"{folder} is a file: add the folder that holds it")
+        resolved = path.resolve()
+        if resolved == self.index_dir or self.index_dir in resolved.parents:
+            raise ValueError(f"{folder} is this index's own folder: add a folder of pictures instead")
+        if self._indexing.locked():
+            raise IndexBusyError("the index is being updated; wait for that run to finish")
+        return path
+
+    def add(self, folder: str) -> IndexSummary:
+        path = self.check_folder(folder)
         if not self._indexing.acquire(blocking=False):
             raise IndexBusyError("the index is being updated; wait for that run to finish")
         try:
@@ -82,4 +140,6 @@ class Collection:
                 # The next search opens the index afresh; a search still running keeps the old one until it
                 # ends (its SQLite connection closes when the last reference goes).
                 self._searcher = None
+            if self._pool is not None:
+                self._pool.reload()
         return summary

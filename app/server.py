@@ -7,8 +7,10 @@ the same app is an HTTP API (see the README, "The web app's API").
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +20,10 @@ from gradio.route_utils import get_api_call_path, get_root_url
 
 from mmodal.app.collection import Collection
 from mmodal.app.inputs import audio_upload, image_upload, whole_number_slider
+from mmodal.app.model_pool import PoolBusy, WorkerFailed
+from mmodal.app.rest import PREFIX, mount_rest_api
 from mmodal.app.settings import (
+    ANALYTICS_EVERY_EVENTS,
     CACHE_MAX_AGE_SECONDS,
     CACHE_SWEEP_SECONDS,
     DEFAULT_HOST,
@@ -29,15 +34,15 @@ from mmodal.app.settings import (
     SESSION_CAPACITY,
 )
 from mmodal.app.thumbnails import add_thumbnail_route, thumbnail_gallery, thumbnail_link
-from mmodal.data.images import ImageSkipped, read_image
-from mmodal.explain import answer_picture
 from mmodal.indexes.errors import IndexProblem
 from mmodal.loading import EMBEDDED_NAMES
-from mmodal.search import Query, Searcher, SearchResult
+from mmodal.search import Query, SearchReport, SearchResult
 
 log = logging.getLogger(__name__)
 
 MAX_ALTERNATIVES = 5
+LANES_PER_WORKER = 8  # requests that may wait on each model worker at once
+EMPTY_SEARCH = "type what you look for, add an example image or record a voice clip, then search"
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,9 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     auth: tuple[tuple[str, str], ...] = ()
     max_upload: str = MAX_UPLOAD
-    # Searches at once; `mmodal serve` gives each one core, as the model's operations are too small to gain
-    # from more threads each.
-    concurrency: int = os.cpu_count() or 1
+    # Model worker processes, one core each (the model's operations are too small to gain from more threads
+    # each); 0 answers in the web process, one search per core and one question at a time.
+    workers: int = os.cpu_count() or 1
     allow_indexing: bool = True  # whether the Index tab may add folders on the server
 
 
@@ -96,6 +101,28 @@ def _result_caption(rank: int, result: SearchResult) -> str:
     return f"{rank}. {Path(result.path).name} · {result.score:.3f}"
 
 
+def percent(confidence: float) -> str:
+    """The one way the page shows a confidence."""
+    return f"{confidence:.0%}"
+
+
+def _answered(call):
+    """The model's answer, or its refusal as a message in the page."""
+    try:
+        return call()
+    except (ValueError, OSError, IndexProblem, PoolBusy, WorkerFailed) as error:
+        raise _user_error(error) from None
+
+
+def _note(report: SearchReport) -> str:
+    """What the page says above the results: what a clip was heard as, and anything the user should know."""
+    lines = [report.transcript.summary()] if report.transcript is not None else []
+    lines += report.messages
+    if not report.results and not report.unknown_words and report.offset == 0:
+        lines.append("the index holds no image yet: add a folder in the Index tab")
+    return "\n\n".join(lines)
+
+
 def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
     """The Blocks app; launch it with `launch`. Without ``allow_indexing`` nobody can add folders from the web."""
 
@@ -106,21 +133,17 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             audio=audio,
             negative=tuple(t.strip() for t in _text(negative, "'But not'").split(",") if t.strip()),
         )
-        try:
-            query, transcript = collection.listen(query)
-            results = collection.search(query, k=k, rerank=_flag(rerank, "re-rank"))
-        except (ValueError, OSError, IndexProblem) as error:
-            raise _user_error(error) from None
-        rows = [_api_row(r) for r in results]
+        if query.text is None and query.image is None and query.audio is None:
+            raise gr.Error(EMPTY_SEARCH, print_exception=False)
+        report = _answered(lambda: collection.report(query, k=k, rerank=_flag(rerank, "re-rank")))
+        rows = [_api_row(r) for r in report.results]
         # Links the browser follows as the results arrive; absolute, as Gradio passes only those through untouched.
         root = get_root_url(request.request, get_api_call_path(request.request), app.root_path)
+        results = report.results
         gallery = [(thumbnail_link(root, r.id, r.matched), _result_caption(i, r)) for i, r in enumerate(results, 1)]
-        _, not_understood = collection.searcher().not_understood(query)
-        if transcript is None:
-            return gallery, rows, rows, gr.update(value="", visible=False), not_understood or ""
-        doubt = Searcher.doubt(transcript, query)
-        note = " · ".join(m for m in (transcript.summary(), doubt, not_understood) if m)
-        return gallery, rows, rows, gr.update(value=transcript.text, visible=True), note
+        heard = report.transcript
+        heard_box = gr.update(value=heard.text if heard else "", visible=heard is not None)
+        return gallery, rows, rows, heard_box, _note(report)
 
     def search_heard(heard, image, negative, k, rerank, request: gr.Request):
         """The words heard, as the user corrected them, searched as typed text."""
@@ -141,19 +164,10 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
     def ask(image, question, alternatives):
         if not image:
             raise gr.Error("add an image to ask about", print_exception=False)
-        try:
-            picture = read_image(image).image
-        except ImageSkipped as skipped:
-            raise gr.Error(f"cannot read this image: {skipped.reason}", print_exception=False) from None
         question = _text(question, "the question")
-        try:
-            answer = collection.model.ask([picture], [question], alternatives=alternatives)[0]
-        except ValueError as error:
-            raise _user_error(error) from None
-        if answer.note:
-            gr.Warning(answer.note)
+        answer, picture = _answered(lambda: collection.ask(image, Path(image).name, question, alternatives))
         choices = {answer.answer: answer.confidence} | {a: c for a, c in answer.alternatives}
-        return answer.answer, round(answer.confidence, 4), choices, answer_picture(picture, answer)
+        return answer.answer, percent(answer.confidence), choices, picture, answer.note or ""
 
     def add_folder(folder, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects progress)
         if not allow_indexing:
@@ -164,10 +178,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
         folder = _text(folder, "the folder")
         if not folder.strip():
             raise gr.Error("type the path of a folder on the server", print_exception=False)
-        try:
-            summary = collection.add(folder.strip())
-        except (ValueError, OSError, IndexProblem) as error:
-            raise _user_error(error) from None
+        summary = _answered(lambda: collection.add(folder.strip()))
         allow_serving(app, collection)
         return summary.format(), collection.stats()
 
@@ -205,14 +216,16 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                     with gr.Column(scale=1):
                         query_image = image_upload(label="Or an example image", height=160)
                     with gr.Column(scale=1):
-                        query_audio = audio_upload(label="Or say it", sources=["microphone", "upload"])
+                        query_audio = audio_upload(
+                            label="Or say it", sources=["upload", "microphone"], elem_id="query-audio"
+                        )
                 with gr.Row():
                     count = whole_number_slider(1, MAX_RESULTS, value=12, label="Results")
                     rerank = gr.Checkbox(
                         value=True, label="Re-rank with the slot reasoner (text queries; boxes show what matched)"
                     )
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
-                heard_note = gr.Markdown(elem_id="heard-note")
+                heard_note = gr.Markdown(label="Note", elem_id="heard-note")
                 heard_box = gr.Textbox(
                     label="Heard (correct the words and press Enter to search by them)",
                     visible=False,
@@ -233,11 +246,12 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         )
                         picked_ask = gr.Button("Ask")
                         picked_answer = gr.Textbox(label="Answer", interactive=False)
-                        picked_confidence = gr.Number(label="Confidence", interactive=False)
+                        picked_confidence = gr.Textbox(label="Confidence", interactive=False)
                         picked_choices = gr.Label(label="Answers", num_top_classes=4)
                         picked_map = gr.Image(label="Where the answer came from", interactive=False)
+                        picked_note = gr.Markdown(label="Answer note")
                 with gr.Accordion("Results as JSON", open=False):
-                    results_json = gr.JSON()
+                    results_json = gr.JSON(label="Results as JSON")
 
             with gr.Tab("Ask", id="ask"):
                 with gr.Row():
@@ -253,9 +267,10 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                         ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
                     with gr.Column():
                         answer_text = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
-                        confidence = gr.Number(label="Confidence", interactive=False)
+                        confidence = gr.Textbox(label="Confidence", interactive=False, elem_id="confidence")
                         choices = gr.Label(label="Answers", num_top_classes=6)
                         heat_map = gr.Image(label="Where the answer came from", interactive=False)
+                        answer_note = gr.Markdown(label="Answer note", elem_id="answer-note")
 
             with gr.Tab("Index", id="index"):
                 current = collection.model.source or collection.model.model_name
@@ -307,9 +322,9 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                 picked_ask,
                 picked,
                 picked_question,
-                [picked_answer, picked_confidence, picked_choices, picked_map],
+                [picked_answer, picked_confidence, picked_choices, picked_map, picked_note],
             ),
-            ("ask", ask_button, ask_image, question, [answer_text, confidence, choices, heat_map]),
+            ("ask", ask_button, ask_image, question, [answer_text, confidence, choices, heat_map, answer_note]),
         ):
             gr.on(
                 [button.click, question_box.submit],
@@ -317,9 +332,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
                 [image, question_box, alternatives],
                 outputs,
                 api_name=name,
-                # One at a time: the answer map is read back from the fusion layer that the answer ran through.
                 concurrency_id="answer",
-                concurrency_limit=1,
             )
         model_choice.input(choose_model, [model_choice], [index_stats], api_name="choose_model", concurrency_id="index")
         add_button.click(add_folder, [folder], [summary, index_stats], api_name="add_folder", concurrency_id="index")
@@ -337,10 +350,25 @@ def allow_serving(app: gr.Blocks, collection: Collection) -> None:
         app.blocked_paths.append(str(collection.index_dir))
 
 
+def _mark_matplotlib_absent() -> None:
+    """Gradio imports matplotlib around every event to pin its backend; where it is not installed, each try
+    searches the whole import path again (4 % of the web process under load). A module marked None in
+    ``sys.modules`` fails to import at once."""
+    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
+        sys.modules["matplotlib"] = None
+
+
 def launch(collection: Collection, options: ServeOptions, block: bool = True) -> tuple[gr.Blocks, str]:
-    """Starts the server; returns the app and its address. With ``block=False`` it runs in the background."""
+    """Starts the model's workers and the server; returns the app and its address. With ``block=False`` it runs in
+    the background: close the app, then the collection."""
+    collection.start_workers(options.workers)
     app = build_app(collection, allow_indexing=options.allow_indexing)
-    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=options.concurrency)
+    # With workers, a request waits for one without holding a core, so many may wait together (and batch);
+    # without, one search a core.
+    lanes = collection.workers * LANES_PER_WORKER if collection.workers else os.cpu_count() or 1
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY_EVENTS))  # read by the queue
+    _mark_matplotlib_absent()
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=lanes)
     roots = collection.roots()
     # The server answers as soon as its thread starts, inside ``launch``, so a Ctrl-C may come at any line from
     # there on; every way out closes the server, whose thread would otherwise keep the process alive.
@@ -359,12 +387,16 @@ def launch(collection: Collection, options: ServeOptions, block: bool = True) ->
             state_session_capacity=SESSION_CAPACITY,
         )
         add_thumbnail_route(app, collection.path_of)
+        mount_rest_api(app, collection, options.allow_indexing)
         if block:
             print(f"mmodal is serving {collection.index_dir} at {url}\nopen that address in a browser; Ctrl-C stops")
+            print(f"its REST API is at {url.rstrip('/')}{PREFIX} (schema: {PREFIX}/openapi.json)")
             app.block_thread()
     except BaseException:
         app.close()
+        collection.close()
         raise
     if block:
         app.close()
+        collection.close()
     return app, url

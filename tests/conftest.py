@@ -67,3 +67,4 @@ def served(tmp_path_factory, model, dataset):
     app, url = launch(collection, ServeOptions(port=free_port()), block=False)
     yield collection, url, Client(url, verbose=False)
     app.close()
+    collection.close()

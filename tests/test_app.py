@@ -35,6 +35,7 @@ def search(client: Client, text: str = "", image=None, audio=None, negative: str
     return gallery, rows
 
 
+@pytest.mark.slow
 def test_text_search_brings_the_images_the_scene_graphs_name(served, dataset):
     _, _, client = served
     images = {r.id: str((dataset.root / r.file).resolve()) for r in dataset.images}
@@ -49,6 +50,7 @@ def test_text_search_brings_the_images_the_scene_graphs_name(served, dataset):
         assert rows == sorted(rows, key=lambda r: -r["score"])
 
 
+@pytest.mark.slow
 def test_reranked_search_reports_both_scores(served, dataset):
     _, _, client = served
     query = next(q for q in dataset.queries if q.kind == "object")
@@ -58,6 +60,7 @@ def test_reranked_search_reports_both_scores(served, dataset):
     assert [row["score"] for row in rows] == sorted((row["rerank_score"] for row in rows), reverse=True)
 
 
+@pytest.mark.slow
 def test_reranked_results_box_the_objects_the_query_named(served, dataset):
     """A relation query's best results are true of their scenes, and the two boxes sit on the objects that
     the subject and the other phrase name."""
@@ -81,6 +84,7 @@ def test_reranked_results_box_the_objects_the_query_named(served, dataset):
                 assert phrase.matches(nearest) and abs(nearest.cx - box["cx"]) < nearest.d / 2
 
 
+@pytest.mark.slow
 def test_an_indexed_image_finds_itself_first(served, dataset):
     _, _, client = served
     target = (dataset.root / dataset.images[7].file).resolve()
@@ -89,6 +93,7 @@ def test_an_indexed_image_finds_itself_first(served, dataset):
     assert rows[0]["embedding_score"] == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_voice_search_shows_what_it_heard_and_ranks_as_the_library_does(served, dataset):
     collection, _, client = served
     spoken = [q for q in dataset.queries if q.audio][:4]
@@ -99,50 +104,55 @@ def test_voice_search_shows_what_it_heard_and_ranks_as_the_library_does(served, 
         gallery, rows, heard, note = client.predict("", None, handle_file(clip), "", 10, True, api_name="/search")
         assert len(gallery) == len(rows) == 10
         # The browser hands over 16-bit samples; they must be heard and ranked as the float samples of the file.
-        words, transcript = collection.listen(Query(audio=read_audio(clip)))
+        searcher = collection.searcher()  # the library in this process; the page answers from its workers
+        words, transcript = searcher.listen(Query(audio=read_audio(clip)))
         assert heard["value"] == transcript.text and heard["visible"]  # the page's "Heard" box shows it
         assert note.startswith(transcript.summary())
-        expected = collection.search(words, k=10, rerank=True)
+        expected = searcher.search(words, k=10, rerank=True)
         assert [row["file"] for row in rows] == [r.path for r in expected]
         assert [row["score"] for row in rows] == pytest.approx([r.score for r in expected], abs=2e-3)
         # Heard clearly, the words take the text path with re-ranking; otherwise the clip is searched by sound.
         assert all((row["rerank_score"] is not None) == (words.audio is None) for row in rows)
 
 
+@pytest.mark.slow
 def test_ask_gives_the_models_answer_with_a_map(served, dataset, model):
     _, _, client = served
     record = next(q for q in dataset.questions if q.type == "count")
     image_file = dataset.root / next(r.file for r in dataset.images if r.id == record.image_id)
-    answer, confidence, choices, heat_map = client.predict(
+    answer, confidence, choices, heat_map, note = client.predict(
         handle_file(str(image_file)), record.question, 3, api_name="/ask"
     )
     with Image.open(image_file) as picture:
         expected = model.ask([picture.convert("RGB")], [record.question], alternatives=3)[0]
         size = picture.size
     assert answer == expected.answer
-    assert confidence == pytest.approx(expected.confidence, abs=1e-3)
+    assert confidence == f"{expected.confidence:.0%}"  # as the page shows every confidence
+    assert note == ""
     assert choices["label"] == expected.answer
     assert {c["label"] for c in choices["confidences"]} >= {a for a, _ in expected.alternatives}
     with Image.open(heat_map) as overlay:
         assert overlay.size == size
 
 
+@pytest.mark.slow
 def test_answers_are_right_on_easy_questions(served, dataset):
     _, _, client = served
     files = {r.id: dataset.root / r.file for r in dataset.images}
     records = [q for q in dataset.questions if q.type == "size"][:30]
-    right = 0
-    for record in records:
-        answer, *_ = client.predict(handle_file(str(files[record.image_id])), record.question, 0, api_name="/ask")
-        right += answer == record.answer
+    # Asked all at once, as many people would: the model's workers answer them in batches.
+    jobs = [client.submit(handle_file(str(files[r.image_id])), r.question, 0, api_name="/ask") for r in records]
+    right = sum(job.result(timeout=120)[0] == record.answer for job, record in zip(jobs, records))
     # The shipped model answers 78 of this split's 79 size questions right.
     assert right >= 27, f"{right} of {len(records)} size questions answered right"
 
 
+@pytest.mark.slow
 def test_bad_input_gets_a_message(served, tmp_path):
     _, _, client = served
-    with pytest.raises(AppError, match="give a text"):
+    with pytest.raises(AppError, match="type what you look for") as empty:
         search(client)
+    assert "--" not in str(empty.value)  # words for a page, not a shell's flags
     with pytest.raises(AppError, match="too long"):
         search(client, "a red circle " * 100)
     broken = tmp_path / "broken.png"
@@ -177,6 +187,7 @@ def test_bad_input_gets_a_message(served, tmp_path):
         client.predict(str(tmp_path / "missing"), api_name="/add_folder")
 
 
+@pytest.mark.slow
 def test_only_indexed_folders_are_served(served, dataset):
     collection, url, client = served
     gallery, _ = search(client, "a red circle", k=1, rerank=False)
@@ -206,6 +217,7 @@ def _gallery_links(url: str, text: str, k: int, rerank: bool) -> tuple[list[str]
     return [item["image"]["url"] for item in gallery], rows
 
 
+@pytest.mark.slow
 def test_thumbnails_are_drawn_on_request_with_the_matched_boxes(served, dataset):
     _, url, _ = served
     query = next(q for q in dataset.queries if q.kind == "relation" and len(q.relevant) >= 2)
@@ -228,6 +240,7 @@ def test_thumbnails_are_drawn_on_request_with_the_matched_boxes(served, dataset)
         assert on_outline.sum() > half, box
 
 
+@pytest.mark.slow
 def test_thumbnails_show_only_indexed_images_and_refuse_bad_boxes(served, dataset):
     _, url, _ = served
     _, rows = _gallery_links(url, "a red circle", k=1, rerank=False)
@@ -240,6 +253,7 @@ def test_thumbnails_show_only_indexed_images_and_refuse_bad_boxes(served, datase
             assert bad.status_code == 400 and "box" in bad.text, boxes
 
 
+@pytest.mark.slow
 def test_add_folder_then_find_the_new_images(served, tmp_path):
     collection, _, client = served
     before = client.predict(api_name="/stats")["images"]
@@ -254,14 +268,19 @@ def test_add_folder_then_find_the_new_images(served, tmp_path):
     assert rows[0]["file"] == str(newcomer)
 
 
+@pytest.mark.slow
 def test_login_upload_limit_and_read_only_mode(tmp_path, model):
     index_dir = tmp_path / "index"
     folder = tmp_path / "pictures"
     folder.mkdir()
     Image.new("RGB", (80, 60), "red").save(folder / "red.png")
     index_collection(model, [folder], index_dir, workers=1, show_progress=False)
-    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"), max_upload="2kb", allow_indexing=False)
-    app, url = launch(Collection(index_dir, model), options, block=False)
+    # The model answers in the web process here (workers=0), the other way `mmodal serve` can run it.
+    options = ServeOptions(
+        port=free_port(), auth=parse_auth("ana:secret"), max_upload="2kb", allow_indexing=False, workers=0
+    )
+    collection = Collection(index_dir, model)
+    app, url = launch(collection, options, block=False)
     try:
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(url, verbose=False)
@@ -278,15 +297,18 @@ def test_login_upload_limit_and_read_only_mode(tmp_path, model):
             search(client, image=handle_file(str(big)), k=1)
     finally:
         app.close()
+        collection.close()
 
 
+@pytest.mark.slow
 def test_with_a_login_no_route_answers_anonymous_calls(tmp_path, model):
     folder = tmp_path / "pictures"
     folder.mkdir()
     Image.new("RGB", (80, 60), "red").save(folder / "red.png")
     index_collection(model, [folder], tmp_path / "index", workers=1, show_progress=False)
-    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"))
-    app, url = launch(Collection(tmp_path / "index", model), options, block=False)
+    options = ServeOptions(port=free_port(), auth=parse_auth("ana:secret"), workers=0)
+    collection = Collection(tmp_path / "index", model)
+    app, url = launch(collection, options, block=False)
     picture = (folder / "red.png").resolve()
     body = {"data": ["a red circle", None, None, "", 3, True]}
     routes = [
@@ -309,6 +331,7 @@ def test_with_a_login_no_route_answers_anonymous_calls(tmp_path, model):
             assert upload.status_code in (401, 403), f"an anonymous upload answered {upload.status_code}"
     finally:
         app.close()
+        collection.close()
 
 
 def test_auth_strings_are_checked():
@@ -324,6 +347,7 @@ def test_serve_creates_an_empty_index_to_add_folders_to(tmp_path, model):
     assert (stats["images"], stats["model"], stats["roots"]) == (0, model.config.name, [])
 
 
+@pytest.mark.slow
 def test_the_remaining_endpoints_answer_over_http(served, dataset):
     collection, _, client = served
     assert client.predict(api_name="/stats_on_load") == collection.stats()
@@ -333,9 +357,14 @@ def test_the_remaining_endpoints_answer_over_http(served, dataset):
     about_result = client.predict(handle_file(str(image_file)), record.question, 2, api_name="/ask_about_result")
     assert about_result[:3] == direct[:3]
     # Selecting acts on the page's own results (the browser test clicks one); API clients are not offered it.
-    assert "/select_result" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/select_result" not in endpoints
+    for name, endpoint in endpoints.items():  # every input and output is named for what it is
+        for part in endpoint["parameters"] + endpoint["returns"]:
+            assert part["label"] and not part["label"].startswith("value_"), (name, part)
 
 
+@pytest.mark.slow
 def test_a_negated_text_moves_what_it_names_down(served, dataset):
     """ "a circle" but not "a COLOUR circle", for the colour most common among the top circles: circles of that
     colour leave the top results they held."""
@@ -355,6 +384,7 @@ def test_a_negated_text_moves_what_it_names_down(served, dataset):
     assert all(circle_colours(r) for r in negated[:5])  # still circles
 
 
+@pytest.mark.slow
 def test_the_page_names_the_words_it_does_not_know(served):
     _, _, client = served
     gallery, rows, _heard, note = client.predict(

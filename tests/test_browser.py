@@ -8,6 +8,7 @@ screenshots` takes the README's).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -110,3 +111,61 @@ def test_the_page_says_which_words_it_does_not_know(page, served):
     page.wait_for_function("document.querySelector('#heard-note').innerText.includes('zorbly')")
     assert "does not know" in page.locator("#heard-note").inner_text()
     page.locator("#results img").first.wait_for(state="visible")  # the words it knows still search
+
+
+def _toast(page, words: str) -> str:
+    """The text of the error the page shows, once it names ``words``."""
+    toast = page.locator(".toast-body").filter(has_text=words).first
+    toast.wait_for(state="visible")
+    return toast.inner_text()
+
+
+@pytest.mark.slow
+def test_the_page_says_what_it_did(page, served, dataset, tmp_path):
+    """Each thing a search, a question or the Index tab has to tell, told in the page's own words."""
+    from mmodal.data.audio import read_audio
+    from mmodal.search import Query
+    from mmodal.shapes.semantics import parse_statement
+    from tests.test_rest import NOWHERE
+
+    collection, url, _ = served
+    page.goto(url)
+    page.locator("#search-button").click()
+    assert "--" not in _toast(page, "type what you look for")  # words for a page, not a shell's flags
+
+    text = next(t for t in NOWHERE if not any(parse_statement(t).holds(r.scene) for r in dataset.images))
+    page.locator("#query-text textarea").fill(text)
+    page.locator("#search-button").click()
+    page.wait_for_function("document.querySelector('#heard-note').innerText.includes('nothing matches')")
+    assert f'nothing matches "{text}"' in page.locator("#heard-note").inner_text()
+    page.locator("#results img").first.wait_for(state="visible")  # and the closest images are shown
+
+    spoken = next((q for q in dataset.queries if q.audio), None)
+    if spoken is not None:
+        clip = dataset.root / spoken.audio
+        _, transcript = collection.searcher().listen(Query(audio=read_audio(clip)))
+        page.locator("#query-text textarea").fill("")
+        page.locator("#query-audio input[type=file]").set_input_files(str(clip))
+        page.locator("#query-audio audio, #query-audio .waveform-container").first.wait_for(state="attached")
+        page.locator("#search-button").click()
+        page.locator("#heard textarea").wait_for(state="visible")
+        page.wait_for_function("document.querySelector('#heard textarea').value.length > 0")
+        assert page.locator("#heard textarea").input_value() == transcript.text
+        assert transcript.summary() in page.locator("#heard-note").inner_text()
+
+    picture = dataset.root / dataset.images[0].file
+    page.get_by_role("tab", name="Ask").click()
+    page.locator("#ask-image input[type=file]").set_input_files(str(picture))
+    page.locator("#ask-image img").wait_for(state="visible")
+    page.locator("#question textarea").fill("how many zorbly squares are there?")
+    page.locator("#ask-button").click()
+    page.wait_for_function("document.querySelector('#answer-note').innerText.includes('zorbly')")
+    assert re.fullmatch(r"\d{1,3}%", page.locator("#confidence textarea").input_value())  # as a percentage
+
+    page.get_by_role("tab", name="Index").click()
+    single = tmp_path / "one.png"
+    Image.new("RGB", (64, 64), "red").save(single)
+    for folder, words in ((collection.index_dir, "this index's own folder"), (single, "is a file")):
+        page.locator("#folder textarea").fill(str(folder))
+        page.locator("#add-button").click()
+        assert words in _toast(page, words)

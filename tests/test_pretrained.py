@@ -196,9 +196,14 @@ def test_web_app_index_takes_the_chosen_model_while_empty(photos, sample_photos,
     assert collection.stats()["model"] == "shapes"
     collection.use_model("photos")
     assert collection.stats()["model"] == "photos" and collection.model.identity == photos.identity
-    collection.add(str(sample_photos / "chelsea.png"))
+    with pytest.raises(NotADirectoryError, match="add the folder that holds it"):
+        collection.add(str(sample_photos / "chelsea.png"))  # a root is a folder
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    shutil.copy(sample_photos / "chelsea.png", folder)
+    collection.add(str(folder))
     assert collection.stats()["images"] == 1
-    assert Path(collection.search(Query(text="a cat"), k=1, rerank=True)[0].path).name == "chelsea.png"
+    assert Path(collection.report(Query(text="a cat"), k=1, rerank=True).results[0].path).name == "chelsea.png"
     with pytest.raises(ValueError, match="holds 1 images"):
         collection.use_model("shapes")
     assert Collection.open(tmp_path / "index").model.identity == photos.identity  # the index keeps its model

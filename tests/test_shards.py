@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,11 +191,15 @@ def test_the_web_app_serves_a_sharded_index_and_adds_folders_to_it(model, datase
         client = Client(url, verbose=False)
         query = dataset.queries[0].text
         gallery, rows, _heard, _note = client.predict(query, None, None, "", 5, True, api_name="/search")
-        expected = collection.search(Query(text=query), k=5, rerank=True)
+        expected = collection.searcher().search(Query(text=query), k=5, rerank=True)
         assert [row["file"] for row in rows] == [r.path for r in expected] and len(rows) == 5
         collection.add(str(second))  # what the Index tab calls
         stats = collection.stats()
         assert stats["shards"] == 3 and stats["files"] == len(images)
         assert not (tmp_path / "sharded" / "manifest.json").exists()  # still sharded, not one index inside it
+        # The model's workers reopen the index after the run: the page now finds pictures of the added folder.
+        _, rows, _heard, _note = client.predict(query, None, None, "", 100, False, api_name="/search")
+        assert len(rows) == len(images) and any(Path(row["file"]).parent == second for row in rows)
     finally:
         app.close()
+        collection.close()
