@@ -1,10 +1,11 @@
 """Load on the running app: many clients at once searching by text, image and voice and asking questions.
 
-    python -m reliability.load --clients 50 --seconds 60 --out runs/load
+    python -m reliability.load --clients 50 --seconds 60 --out runs/load [--api rest]
 
 Generates a Shapes collection, indexes it and serves it with `mmodal serve` on loopback, then runs the
 clients as threads, each a closed loop (send a request, wait for its answer, think, send the next) that stops
-by itself at the deadline; each keeps one session, as a page or `gradio_client` does. Reports latency
+by itself at the deadline; each keeps one session, as a page or `gradio_client` does (``--api page``), or
+calls the REST API (``--api rest``) as `curl` or any HTTP client would. Reports latency
 percentiles and errors per endpoint, the server's memory and its file cache on disk at the start and at the
 end, and what a client is told when the queue is full. Prints JSON.
 """
@@ -32,12 +33,35 @@ from reliability.fuzz import call, serve, stop, upload
 MIX = (("text", 0.6), ("image", 0.15), ("voice", 0.1), ("ask", 0.15))
 
 
-def server_memory_mib(pid: int) -> float:
-    """Resident memory of the server process, in MiB."""
+def _rss_mib(pid: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return 0.0
+
+
+def server_memory_mib(pid: int) -> float:
+    """Resident memory of the server: its process and every process of its session (the model's workers), MiB."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the command's closing parenthesis: state, ppid, pgrp, session, …
+            session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            if session == pid:
+                total += _rss_mib(entry.name)
+        except (OSError, IndexError, ValueError):  # the process ended while being read
+            continue
+    return total
+
+
+def slope_mib_per_minute(samples: list[float], every_seconds: float) -> float:
+    """The least-squares slope of memory samples taken every ``every_seconds``."""
+    if len(samples) < 2:
+        return float("nan")
+    minutes = np.arange(len(samples)) * every_seconds / 60
+    return float(np.polyfit(minutes, samples, 1)[0])
 
 
 def folder_mib(folder: Path) -> tuple[int, float]:
@@ -45,7 +69,28 @@ def folder_mib(folder: Path) -> tuple[int, float]:
     return len(files), sum(p.stat().st_size for p in files) / 2**20
 
 
-def _client(url: str, deadline: float, seed: int, mix, texts, images, clips, questions, think: float, record) -> None:
+def rest_call(client: httpx.Client, url: str, kind: str, rng: random.Random, texts, images, clips, questions):
+    """One request of ``kind`` to the REST API; returns (outcome, detail) as :func:`call` does."""
+    api = f"{url}/api/v1"
+    if kind == "text":
+        reply = client.get(f"{api}/search", params={"q": rng.choice(texts), "k": 12})
+    elif kind in ("image", "voice"):
+        field, path = ("image", rng.choice(images)) if kind == "image" else ("audio", rng.choice(clips))
+        reply = client.post(f"{api}/search", data={"k": 12}, files={field: (path.name, path.read_bytes())})
+    else:
+        picture, question = rng.choice(questions)
+        files = {"image": (picture.name, picture.read_bytes())}
+        reply = client.post(f"{api}/ask", data={"question": question, "alternatives": 3}, files=files)
+    if reply.status_code >= 500:
+        return "unhandled", f"HTTP {reply.status_code}: {reply.text[:300]}"
+    if reply.status_code >= 400:
+        return "refused", f"HTTP {reply.status_code}: {reply.text[:300]}"
+    return "answered", reply.text
+
+
+def _client(
+    url: str, api: str, deadline: float, seed: int, mix, texts, images, clips, questions, think: float, record
+) -> None:
     rng = random.Random(seed)
     session = f"load-client-{seed}"
     with httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as client:
@@ -53,7 +98,9 @@ def _client(url: str, deadline: float, seed: int, mix, texts, images, clips, que
             kind = rng.choices([k for k, _ in mix], [w for _, w in mix])[0]
             started = time.perf_counter()
             try:
-                if kind == "text":
+                if api == "rest":
+                    outcome, detail = rest_call(client, url, kind, rng, texts, images, clips, questions)
+                elif kind == "text":
                     query = [rng.choice(texts), None, None, "", 12, True]
                     outcome, detail = call(client, url, "search", query, session)
                 elif kind == "image":
@@ -95,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=200, help="simultaneous requests to fill the queue")
     parser.add_argument("--out", default="runs/load")
     parser.add_argument("--port", type=int, default=7893)
+    parser.add_argument("--api", choices=("page", "rest"), default="page", help="the page's API or the REST API")
     args = parser.parse_args(argv)
 
     from mmodal.data.dataset import read_dataset
@@ -144,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = [
             threading.Thread(
                 target=_client,
-                args=(url, deadline, i, mix, texts, images, clips, questions, args.think, record),
+                args=(url, args.api, deadline, i, mix, texts, images, clips, questions, args.think, record),
                 daemon=True,
             )
             for i in range(args.clients)
@@ -158,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             t.join(300)
         hung = sum(t.is_alive() for t in threads)
         memory_end, disk_end = server_memory_mib(server.pid), folder_mib(cache)
+        # Where the server's time went (queue, model, transfer to its workers), before the burst adds to it.
+        timings = httpx.get(f"{url}/api/v1/health", timeout=30).json()["timings"]
         refused, message = queue_full_message(url, args.burst)
     finally:
         stop(server)
@@ -172,13 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         for kind, v in sorted(latencies.items())
     }
     result = {
+        "api": args.api,
         "clients": args.clients,
         "seconds": args.seconds,
         "mean_think_seconds": args.think,
         "endpoints": per_endpoint,
         "first_errors": {k: v[:3] for k, v in errors.items() if v},
+        "server_timings": timings,
         "clients_still_running_at_deadline_plus_300s": hung,
-        "server_memory_mib": {"start": round(memory_start), "every_10s": memory_every_10s, "end": round(memory_end)},
+        "server_memory_mib": {
+            "start": round(memory_start),
+            "every_10s": memory_every_10s,
+            "end": round(memory_end),
+            "slope_per_minute": round(slope_mib_per_minute(memory_every_10s, 10.0), 2),
+            # After the first minute, when the lanes, sessions and caches have filled (runs of 2 minutes or more).
+            "slope_per_minute_after_1_min": round(slope_mib_per_minute(memory_every_10s[6:], 10.0), 2),
+        },
         "file_cache": {"start": {"files": disk_start[0], "mib": round(disk_start[1], 1)},
                        "end": {"files": disk_end[0], "mib": round(disk_end[1], 1)}},
         "queue_full": {"burst": args.burst, "refused": refused, "message": message},

@@ -112,6 +112,7 @@ def test_spoken_queries_vary_voice_speed_pitch_and_noise(shapes_test_dir):
     assert np.sqrt(np.mean(audio**2)) > 1e-3
 
 
+@pytest.mark.slow
 def test_cli_generates_and_reports(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
