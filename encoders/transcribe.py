@@ -75,9 +75,16 @@ class _BigramPrior(CTCDecoderLM):
 
 
 class WordDecoder:
-    """CTC log-probabilities (B, T, 1 + V) over ``vocabulary`` (blank first) → a :class:`Transcript` per clip."""
+    """CTC log-probabilities (B, T, 1 + V) over ``vocabulary`` (blank first) → a :class:`Transcript` per clip.
+    ``beam_tokens``: words a beam may grow by at each frame (None: all of them)."""
 
-    def __init__(self, vocabulary: tuple[str, ...], bigram: torch.Tensor, beam_size: int = BEAM_SIZE):
+    def __init__(
+        self,
+        vocabulary: tuple[str, ...],
+        bigram: torch.Tensor,
+        beam_size: int = BEAM_SIZE,
+        beam_tokens: int | None = BEAM_TOKENS,
+    ):
         self.vocabulary = vocabulary
         self.prior = _BigramPrior(bigram.float().cpu(), first_word_token=2)
         self.decoder = ctc_decoder(
@@ -85,7 +92,7 @@ class WordDecoder:
             tokens=[BLANK, SILENCE, *vocabulary],
             lm=self.prior,
             beam_size=beam_size,
-            beam_size_token=min(BEAM_TOKENS, len(vocabulary)),
+            beam_size_token=None if beam_tokens is None else min(beam_tokens, len(vocabulary)),
             lm_weight=PRIOR_WEIGHT,
             sil_score=-1e9,
             blank_token=BLANK,
