@@ -7,10 +7,8 @@ the same app is an HTTP API (see the README, "The web app's API").
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,12 +16,12 @@ from pathlib import Path
 import gradio as gr
 from gradio.route_utils import get_api_call_path, get_root_url
 
+from mmodal.app import gradio_overheads
 from mmodal.app.collection import Collection
 from mmodal.app.inputs import audio_upload, image_upload, whole_number_slider
 from mmodal.app.model_pool import PoolBusy, WorkerFailed
 from mmodal.app.rest import PREFIX, mount_rest_api
 from mmodal.app.settings import (
-    ANALYTICS_EVERY_EVENTS,
     CACHE_MAX_AGE_SECONDS,
     CACHE_SWEEP_SECONDS,
     DEFAULT_HOST,
@@ -350,14 +348,6 @@ def allow_serving(app: gr.Blocks, collection: Collection) -> None:
         app.blocked_paths.append(str(collection.index_dir))
 
 
-def _mark_matplotlib_absent() -> None:
-    """Gradio imports matplotlib around every event to pin its backend; where it is not installed, each try
-    searches the whole import path again (4 % of the web process under load). A module marked None in
-    ``sys.modules`` fails to import at once."""
-    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
-        sys.modules["matplotlib"] = None
-
-
 def launch(collection: Collection, options: ServeOptions, block: bool = True) -> tuple[gr.Blocks, str]:
     """Starts the model's workers and the server; returns the app and its address. With ``block=False`` it runs in
     the background: close the app, then the collection."""
@@ -366,8 +356,7 @@ def launch(collection: Collection, options: ServeOptions, block: bool = True) ->
     # With workers, a request waits for one without holding a core, so many may wait together (and batch);
     # without, one search a core.
     lanes = collection.workers * LANES_PER_WORKER if collection.workers else os.cpu_count() or 1
-    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY_EVENTS))  # read by the queue
-    _mark_matplotlib_absent()
+    gradio_overheads.trim()
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=lanes)
     roots = collection.roots()
     # The server answers as soon as its thread starts, inside ``launch``, so a Ctrl-C may come at any line from

@@ -13,6 +13,3 @@ SESSION_CAPACITY = 1000
 # older than this go, so the cache holds about an hour of uploads.
 CACHE_MAX_AGE_SECONDS = 3600
 CACHE_SWEEP_SECONDS = 300
-# Gradio summarises its last 10,000 events in a pandas table (for its monitoring page) after every event by
-# default: under load that took a quarter of the web process's time. Once per this many events is plenty.
-ANALYTICS_EVERY_EVENTS = 1000

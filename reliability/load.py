@@ -40,20 +40,36 @@ def _rss_mib(pid: str) -> float:
     return 0.0
 
 
-def server_memory_mib(pid: int) -> float:
-    """Resident memory of the server: its process and every process of its session (the model's workers), MiB."""
-    total = 0.0
+def _session_processes(pid: int) -> list[tuple[str, list[str]]]:
+    """(pid, the /proc stat fields after the command) of every process of the server's session."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            # Fields after the command's closing parenthesis: state, ppid, pgrp, session, …
-            session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            if session == pid:
-                total += _rss_mib(entry.name)
+            # Fields after the command's closing parenthesis: state, ppid, pgrp, session, …, utime (12), stime (13)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == pid:
+                found.append((entry.name, fields))
         except (OSError, IndexError, ValueError):  # the process ended while being read
             continue
-    return total
+    return found
+
+
+def server_memory_mib(pid: int) -> float:
+    """Resident memory of the server: its process and every process of its session (the model's workers), MiB."""
+    return sum(_rss_mib(process) for process, _ in _session_processes(pid))
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time so far of the web process, of its model workers (the rest of its session) and of these clients."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent = {"web": 0.0, "workers": 0.0}
+    for process, fields in _session_processes(pid):
+        spent["web" if int(process) == pid else "workers"] += (int(fields[11]) + int(fields[12])) / ticks
+    own = os.times()
+    spent["clients"] = own.user + own.system
+    return spent
 
 
 def slope_mib_per_minute(samples: list[float], every_seconds: float) -> float:
@@ -187,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 call(warm, url, "search", [None, None, upload(warm, url, clips[0]), "", 12, True])
             call(warm, url, "ask", [upload(warm, url, questions[0][0]), questions[0][1], 3])
         memory_start, disk_start = server_memory_mib(server.pid), folder_mib(cache)
+        cpu_start, measured_from = cpu_seconds(server.pid), time.monotonic()
         memory_every_10s: list[float] = []
         deadline = time.monotonic() + args.seconds
         threads = [
@@ -205,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join(300)
         hung = sum(t.is_alive() for t in threads)
+        cpu_end, measured_for = cpu_seconds(server.pid), time.monotonic() - measured_from
         memory_end, disk_end = server_memory_mib(server.pid), folder_mib(cache)
         # Where the server's time went (queue, model, transfer to its workers), before the burst adds to it.
         timings = httpx.get(f"{url}/api/v1/health", timeout=30).json()["timings"]
@@ -229,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         "endpoints": per_endpoint,
         "first_errors": {k: v[:3] for k, v in errors.items() if v},
         "server_timings": timings,
+        # Cores each part kept busy while the clients ran (out of os.cpu_count()).
+        "cores_used": {part: round((cpu_end[part] - cpu_start[part]) / measured_for, 2) for part in cpu_end},
         "clients_still_running_at_deadline_plus_300s": hung,
         "server_memory_mib": {
             "start": round(memory_start),
