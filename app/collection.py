@@ -19,6 +19,8 @@ from mmodal.search import Query, Searcher, SearchReport
 
 log = logging.getLogger(__name__)
 
+BUSY = "the index is being updated; wait for that run to finish"
+
 
 class Collection:
     """The model and the index the app serves; the index is reopened after each indexing run."""
@@ -45,7 +47,7 @@ class Collection:
         if name == self.model.source:
             return
         if not self._indexing.acquire(blocking=False):
-            raise IndexBusyError("the index is being updated; wait for that run to finish")
+            raise IndexBusyError(BUSY)
         try:
             model = load_model(name)
             remodel_empty(self.index_dir, model.identity, model_source=model.source or "")
@@ -125,13 +127,13 @@ class Collection:
         if resolved == self.index_dir or self.index_dir in resolved.parents:
             raise ValueError(f"{folder} is this index's own folder: add a folder of pictures instead")
         if self._indexing.locked():
-            raise IndexBusyError("the index is being updated; wait for that run to finish")
+            raise IndexBusyError(BUSY)
         return path
 
     def add(self, folder: str) -> IndexSummary:
         path = self.check_folder(folder)
         if not self._indexing.acquire(blocking=False):
-            raise IndexBusyError("the index is being updated; wait for that run to finish")
+            raise IndexBusyError(BUSY)
         try:
             summary = index_collection(self.model, [path], self.index_dir, workers=min(2, os.cpu_count() or 1))
         finally:

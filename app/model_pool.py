@@ -64,8 +64,7 @@ class SearchRequest:
 
     def batch_key(self) -> tuple | None:
         """Requests with the same key may share a batch; None for those that go alone (pictures, clips)."""
-        query = self.query
-        if query.text is None or query.image is not None or query.audio is not None:
+        if not self.query.text_only:
             return None
         return ("search", self.k, self.rerank, self.offset)
 

@@ -233,7 +233,7 @@ def rest_api(
                 held.append(path.parent)
                 clip = run(lambda: read_audio(str(path), shown_as=shown))
             query = Query(text=(text or "").strip() or None, image=picture_path, audio=clip, negative=negatives(not_))
-            if query.text is None and query.image is None and query.audio is None:
+            if query.empty:
                 raise HTTPException(400, "a search needs words, an example image or a voice clip: give one of them")
             return searched(query, k, offset, rerank)
         finally:

@@ -131,7 +131,7 @@ def build_app(collection: Collection, allow_indexing: bool = True) -> gr.Blocks:
             audio=audio,
             negative=tuple(t.strip() for t in _text(negative, "'But not'").split(",") if t.strip()),
         )
-        if query.text is None and query.image is None and query.audio is None:
+        if query.empty:
             raise gr.Error(EMPTY_SEARCH, print_exception=False)
         report = _answered(lambda: collection.report(query, k=k, rerank=_flag(rerank, "re-rank")))
         rows = [_api_row(r) for r in report.results]

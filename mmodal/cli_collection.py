@@ -44,14 +44,14 @@ def search_command(args: argparse.Namespace) -> int:
     from mmodal.data.audio import read_audio
     from mmodal.search import EmptyQueryError, Query
 
-    if args.text is None and args.image is None and args.audio is None:
-        raise EmptyQueryError("give a text, an image (--image) or a voice clip (--audio) to search for")
     query = Query(
         text=args.text,
         image=args.image,
         audio=read_audio(args.audio) if args.audio else None,
         negative=tuple(args.negative or ()),
     )
+    if query.empty:
+        raise EmptyQueryError("give a text, an image (--image) or a voice clip (--audio) to search for")
     report = _open_searcher(args).report(query, k=args.k, rerank=args.rerank)
     results = report.results
     if args.json:

@@ -50,6 +50,15 @@ class Query:
     audio: tuple[np.ndarray, int] | None = None  # (waveform, sample rate)
     negative: tuple[str, ...] = ()
 
+    @property
+    def empty(self) -> bool:
+        """Neither words, an example image nor a voice clip: nothing to search for (negatives only push away)."""
+        return self.text is None and self.image is None and self.audio is None
+
+    @property
+    def text_only(self) -> bool:
+        return self.text is not None and self.image is None and self.audio is None
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -224,7 +233,7 @@ class Searcher:
 
     def _only_unknown(self, query: Query) -> bool:
         """A text-only query none of whose words the model knows: it has nothing to search for."""
-        if query.text is None or query.image is not None or query.audio is not None:
+        if not query.text_only:
             return False
         words = WORD.findall(query.text.lower())
         return bool(words) and len(self.model.unknown_words(query.text)) == len(words)
@@ -279,7 +288,7 @@ class Searcher:
             return found
         reranks = [rerank and queries[i].text is not None and self.model.has_slots for i in live]
         rescores = [
-            not reranked and self._text_only(queries[i]) and self.model.rescores_text_hits
+            not reranked and queries[i].text_only and self.model.rescores_text_hits
             for i, reranked in zip(live, reranks)
         ]
         depths = [
@@ -291,10 +300,6 @@ class Searcher:
         for row, i in enumerate(live):
             found[i] = self._rank(hits[row][: depths[row]], parses[row], k, reranks[row], rescores[row], rerank_top)
         return found
-
-    @staticmethod
-    def _text_only(query: Query) -> bool:
-        return query.text is not None and query.image is None and query.audio is None
 
     def _rank(
         self, hits: list[Hit], parses: list[Parse], k: int, rerank: bool, rescore: bool, rerank_top: int
